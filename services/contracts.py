@@ -48,13 +48,15 @@ def describe_validation_error(error: ValidationError, what: str) -> str:
 def _array_type(dtype: str) -> Any:
     np_dtype = np.dtype(dtype).newbyteorder("<")
 
+    limits = np.iinfo(np_dtype) if np_dtype.kind in "iu" else None
+
     def validate(value: Any) -> np.ndarray:
-        if isinstance(value, np.ndarray):
-            array = value
-        elif isinstance(value, bytes | bytearray | memoryview):
+        if isinstance(value, bytes | bytearray | memoryview):  # the wire format: already the right dtype
             if len(value) % np_dtype.itemsize:
                 raise ValueError(f"byte length {len(value)} is not a multiple of {np_dtype.itemsize} ({np_dtype.name})")
-            array = np.frombuffer(value, dtype=np_dtype)
+            return np.frombuffer(value, dtype=np_dtype)
+        if isinstance(value, np.ndarray):
+            array = value
         elif isinstance(value, list | tuple):
             try:
                 array = np.asarray(value, dtype=np_dtype)
@@ -64,10 +66,9 @@ def _array_type(dtype: str) -> Any:
             raise ValueError(f"expected an array, bytes or a list of numbers, got {type(value).__name__}")
         if array.ndim != 1:
             raise ValueError(f"expected a 1-D array, got shape {array.shape}")
-        if np_dtype.kind in "iu" and array.size:
+        if limits is not None and array.size and array.dtype != np_dtype:
             if array.dtype.kind == "f":
                 raise ValueError("expected integers, got floating-point values")
-            limits = np.iinfo(np_dtype)
             if array.min() < limits.min or array.max() > limits.max:
                 raise ValueError(f"values must lie in [{limits.min}, {limits.max}] ({np_dtype.name})")
         return array.astype(np_dtype, copy=False)

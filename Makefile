@@ -32,6 +32,7 @@ format: install
 
 bench: install
 	$(BIN)/python -m bench.streams
+	$(BIN)/python -m bench.reward
 
 # Refresh constraints.txt from a fresh resolve (run after changing dependencies in pyproject.toml).
 lock:

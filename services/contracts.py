@@ -132,6 +132,21 @@ class Message(_Strict):
             raise ContractError(describe_validation_error(exc, cls.__name__)) from None
 
 
+class FormatScoreConfig(_Strict):
+    correct_valid: float = 1.0
+    correct_invalid: float = 0.8
+    wrong_valid: float = 0.2
+    wrong_invalid: float = 0.1
+    no_answer_valid: float = 0.2
+    no_answer_invalid: float = 0.0
+    retrieval_bonus: float = Field(0.0, ge=0, description="added to a wrong answer whose search found a gold")
+
+
+class RewardConfig(_Strict):
+    kind: Literal["em", "f1", "em_format"] = "em"
+    format_scores: FormatScoreConfig = Field(default_factory=FormatScoreConfig)
+
+
 class SamplingParams(_Strict):
     temperature: float = Field(1.0, ge=0.0, le=10.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -154,6 +169,7 @@ class RolloutRequest(Message):
     max_obs_tokens: int = Field(500, ge=1)
     max_context_tokens: int = Field(4096, ge=16)
     topk: int = Field(3, ge=1, le=100)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
     is_eval: bool = False
 
     @model_validator(mode="after")
@@ -191,6 +207,7 @@ class Trajectory(Message):
     searches: int = Field(0, ge=0)
     valid_actions: int = Field(0, ge=0)
     finished: bool = False
+    reward: RewardConfig = Field(default_factory=RewardConfig)
     is_eval: bool = False
     timings: dict[str, float] = Field(default_factory=dict)
 
@@ -363,20 +380,6 @@ class RolloutConfig(_Strict):
                 f"max_context_tokens ({self.max_context_tokens})"
             )
         return self
-
-
-class FormatScoreConfig(_Strict):
-    correct_valid: float = 1.0
-    correct_invalid: float = 0.8
-    wrong_valid: float = 0.2
-    wrong_invalid: float = 0.1
-    no_answer_valid: float = 0.2
-    no_answer_invalid: float = 0.0
-
-
-class RewardConfig(_Strict):
-    kind: Literal["em", "f1", "em_format"] = "em"
-    format_scores: FormatScoreConfig = Field(default_factory=FormatScoreConfig)
 
 
 class ResourcesConfig(_Strict):

@@ -39,6 +39,10 @@ HandleBatch = Callable[[list[M]], Awaitable[Sequence[Sequence[Output] | BaseExce
 HOUSEKEEPING_INTERVAL_S = 2.0
 
 
+class PermanentError(Exception):
+    """Raised (or returned by a batch handler) for a message that can never succeed: dead-letter it now."""
+
+
 def default_consumer_name() -> str:
     """Unique per process, stable for its life: `<host>-<pid>`."""
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -184,7 +188,10 @@ class StreamWorker(Generic[M]):
             results = await self._run_handler(messages)  # type: ignore[arg-type]
         settled: list[tuple[Entry[M], Sequence[Output]]] = []
         for entry, result in zip(entries, results, strict=True):
-            if isinstance(result, BaseException):
+            if isinstance(result, PermanentError):
+                await self.streams.dead_letter(self.group, entry, f"{type(result).__name__}: {result}")
+                WORKER_PROCESSED.labels(self.stream, self.group, "dead_letter").inc()
+            elif isinstance(result, BaseException):
                 error = f"{type(result).__name__}: {result}"
                 log.warning("handler failed on %s %s: %s", self.stream, entry.entry_id, error)
                 await self.streams.record_failure(self.stream, entry.entry_id, error)

@@ -1,0 +1,113 @@
+"""The reward tier: score trajectories from the reward work queue and send them to their job's learner.
+
+Run as `python -m reward.worker`; scale by running more processes (they share one consumer group).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from pydantic import Field
+
+from reward.scoring import FormatScores, check_format, extract_answer, retrieval_hit, score
+from services.config import Settings
+from services.contracts import ScoredTrajectory, Trajectory
+from services.streams import Output, Streams, connect
+from services.telemetry import configure_logging, counter, histogram
+from services.worker import HandleBatch, PermanentError, StreamWorker, run_worker
+
+log = logging.getLogger(__name__)
+
+SCORED = counter("searchr1_reward_scored_total", "Trajectories scored", ["job", "source"])
+SCORE = histogram(
+    "searchr1_reward_score",
+    "Reward given to a trajectory",
+    ["job", "source"],
+    buckets=(0.0, 0.1, 0.2, 0.3, 0.5, 0.8, 0.9, 1.0),
+)
+BATCH_SECONDS = histogram(
+    "searchr1_reward_batch_seconds",
+    "Time to score one batch of trajectories",
+    buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0),
+)
+
+
+class RewardSettings(Settings):
+    group: str = "reward"
+    concurrency: int = Field(512, ge=1, description="trajectories in flight per process")
+    batch_size: int = Field(256, ge=1, description="trajectories read and scored together")
+
+
+def source_label(data_source: str) -> str:
+    """The data set part of `dataset:split:origin`, a bounded label for metrics."""
+    return data_source.split(":", 1)[0] or "unknown"
+
+
+def score_trajectory(trajectory: Trajectory) -> ScoredTrajectory:
+    """The outcome reward of one finished episode, as its job's reward settings ask."""
+    if not trajectory.golden_answers:
+        raise PermanentError(f"trajectory {trajectory.msg_id} of job {trajectory.job_id} has no golden answers")
+    config = trajectory.reward
+    text = trajectory.response_text
+    reward = score(text, trajectory.golden_answers, config.kind, FormatScores(**config.format_scores.model_dump()))
+    return ScoredTrajectory(
+        trajectory=trajectory,
+        reward=reward,
+        reward_kind=config.kind,
+        extracted_answer=extract_answer(text),
+        format_valid=check_format(text).valid,
+        retrieval_hit=retrieval_hit(text, trajectory.golden_answers),
+    )
+
+
+def make_batch_handler(streams: Streams) -> HandleBatch[Trajectory]:
+    async def handle_batch(trajectories: list[Trajectory]) -> Sequence[Sequence[Output] | BaseException]:
+        results: list[Sequence[Output] | BaseException] = []
+        with BATCH_SECONDS.time():
+            for trajectory in trajectories:
+                try:
+                    scored = score_trajectory(trajectory)
+                except Exception as exc:  # one bad trajectory must not hold up the batch
+                    results.append(exc)
+                    continue
+                source = source_label(trajectory.data_source)
+                SCORED.labels(trajectory.job_id, source).inc()
+                SCORE.labels(trajectory.job_id, source).observe(scored.reward)
+                results.append([Output(streams.job(trajectory.job_id, "scored"), scored)])
+        return results
+
+    return handle_batch
+
+
+def build_worker(streams: Streams, settings: RewardSettings) -> StreamWorker[Trajectory]:
+    return StreamWorker(
+        streams,
+        stream=streams.reward,
+        group=settings.group,
+        message_type=Trajectory,
+        handle_batch=make_batch_handler(streams),
+        concurrency=settings.concurrency,
+        read_count=settings.batch_size,
+    )
+
+
+async def serve(settings: RewardSettings) -> None:
+    streams = Streams(connect(settings), settings)
+    try:
+        worker = build_worker(streams, settings)
+        log.info("reward worker %s consuming %s in group %s", worker.consumer, streams.reward, settings.group)
+        await run_worker(worker, settings)
+    finally:
+        await streams.redis.aclose()
+
+
+def main() -> None:
+    settings = RewardSettings.load()
+    configure_logging(settings.log_level, settings.log_format)
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The control plane: jobs REST API, job store, scheduler and launchers."""

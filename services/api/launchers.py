@@ -1,0 +1,128 @@
+"""Launchers start a job's learner by entrypoint (a module path and arguments), never by import.
+
+`LocalLauncher` runs it as a local process group (the embedded platform); the KubeRay launcher submits a RayJob.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from services.contracts import JobState
+
+from .store import JobRecord
+
+DEFAULT_ENTRYPOINT = "trainer.train"
+
+
+@dataclass(frozen=True)
+class LaunchStatus:
+    """What the launcher can see of a learner: still running, or ended in a terminal state."""
+
+    state: JobState
+    message: str = ""
+
+
+class Launcher(Protocol):
+    name: str
+
+    async def start(self, job: JobRecord) -> dict[str, Any]:
+        """Start the learner; returns a JSON-able handle stored with the job."""
+        ...
+
+    async def poll(self, job: JobRecord) -> LaunchStatus: ...
+
+    async def cancel(self, job: JobRecord) -> None: ...
+
+
+class LocalLauncher:
+    """Learners as local processes, each in its own session so cancel ends the whole process tree."""
+
+    name = "local"
+
+    def __init__(self, work_dir: Path, entrypoint: str = DEFAULT_ENTRYPOINT, env: dict[str, str] | None = None):
+        self.work_dir = work_dir
+        self.entrypoint = entrypoint
+        self.env = env or {}
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.work_dir / "jobs" / job_id
+
+    async def start(self, job: JobRecord) -> dict[str, Any]:
+        job_dir = self.job_dir(job.id)
+        job_dir.mkdir(parents=True, exist_ok=True)
+        spec_file = job_dir / "job.json"
+        spec_file.write_text(json.dumps(job.spec.model_dump(mode="json"), indent=2))
+        log_file = job_dir / "learner.log"
+        command = [sys.executable, "-m", self.entrypoint, "--job", str(spec_file), "--job-id", job.id,
+                   "--output-dir", str(job_dir)]  # fmt: skip
+        with log_file.open("ab") as log:
+            process = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env},
+                start_new_session=True,
+            )
+        self._children[job.id] = process
+        return {"pid": process.pid, "log": str(log_file), "output_dir": str(job_dir), "command": command}
+
+    async def poll(self, job: JobRecord) -> LaunchStatus:
+        process = self._children.get(job.id)
+        if process is None:  # started by an earlier API process: all we can check is the pid
+            pid = int(job.handle.get("pid", 0))
+            if pid and _pid_alive(pid):
+                return LaunchStatus(JobState.RUNNING)
+            return LaunchStatus(JobState.FAILED, "learner process is gone (the API restarted while it ran)")
+        code = process.poll()
+        if code is None:
+            return LaunchStatus(JobState.RUNNING)
+        del self._children[job.id]
+        if code == 0:
+            return LaunchStatus(JobState.SUCCEEDED)
+        return LaunchStatus(JobState.FAILED, f"learner exited with code {code}; see {job.handle.get('log')}")
+
+    async def cancel(self, job: JobRecord) -> None:
+        pid = int(job.handle.get("pid", 0))
+        if not pid:
+            return
+        process = self._children.pop(job.id, None)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _group_alive(pid):
+            if process is not None:
+                process.poll()
+            await asyncio.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        if process is not None:
+            process.wait()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -1,0 +1,132 @@
+"""Admission and supervision of jobs: at most `max_running` learners at once, the rest wait in FIFO order.
+
+Each tick: follow the events of active jobs (a learner reports RUNNING, progress, checkpoints and its end
+through its job's events stream), notice learners that ended without saying so, and admit queued jobs while
+there is room. Every state change goes through the store's checked transitions, so ticks are idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from services.contracts import JobState
+from services.telemetry import gauge
+
+from .launchers import Launcher
+from .store import ALLOWED, IllegalTransition, JobNotFound, JobRecord, JobStore
+
+log = logging.getLogger(__name__)
+
+JOBS = gauge("searchr1_jobs", "Training jobs by state", ["state"])
+ACTIVE = (JobState.STARTING, JobState.RUNNING)
+
+
+class Scheduler:
+    def __init__(self, store: JobStore, launcher: Launcher, max_running: int = 1, interval_s: float = 1.0):
+        if max_running < 1:
+            raise ValueError("max_running must be at least 1")
+        self.store = store
+        self.launcher = launcher
+        self.max_running = max_running
+        self.interval_s = interval_s
+        self._cursors: dict[str, str] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def tick(self) -> None:
+        jobs, _ = await self.store.list(limit=10_000)
+        active = [job for job in jobs if job.state in ACTIVE]
+        for job in active:
+            await self._follow_events(job)
+            await self._check_launch(job)
+        running = sum(1 for job in await self._refresh(active) if job.state in ACTIVE)
+        for job_id in await self.store.queued():
+            if running >= self.max_running:
+                break
+            if await self._admit(job_id):
+                running += 1
+        await self._export_counts()
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        job = await self.store.get(job_id)
+        if job.state.terminal:
+            raise IllegalTransition(f"job {job_id} already ended as {job.state.value}")
+        await self.store.transition(job_id, JobState.CANCELLED, message="cancelled by request")
+        if job.state in ACTIVE:
+            await self.launcher.cancel(job)
+        return await self.store.get(job_id)
+
+    async def _refresh(self, jobs: list[JobRecord]) -> list[JobRecord]:
+        fresh = []
+        for job in jobs:
+            with contextlib.suppress(JobNotFound):
+                fresh.append(await self.store.get(job.id))
+        return fresh
+
+    async def _admit(self, job_id: str) -> bool:
+        try:
+            await self.store.transition(job_id, JobState.STARTING, launcher=self.launcher.name)
+        except (IllegalTransition, JobNotFound):
+            return False  # cancelled meanwhile, or taken by another API replica
+        job = await self.store.get(job_id)
+        try:
+            handle = await self.launcher.start(job)
+        except Exception as exc:
+            log.exception("launching %s failed", job_id)
+            await self.store.transition(job_id, JobState.FAILED, message=f"launch failed: {exc}")
+            return False
+        await self.store.set_handle(job_id, handle)
+        log.info("started job %s with the %s launcher", job_id, self.launcher.name)
+        return True
+
+    async def _follow_events(self, job: JobRecord) -> None:
+        """Apply what the learner reported: lifecycle states and progress."""
+        cursor = self._cursors.get(job.id, "0-0")
+        state = job.state
+        for entry_id, event in await self.store.events(job.id, after=cursor):
+            cursor = entry_id
+            if event.event == "metrics" and event.step is not None:
+                metrics = {k: float(v) for k, v in event.data.items() if isinstance(v, int | float)}
+                await self.store.record_progress(job.id, event.step, metrics)
+            elif event.event == "state" and event.state and event.state in ALLOWED.get(state, set()):
+                with contextlib.suppress(IllegalTransition):
+                    await self.store.transition(job.id, event.state, message=event.message)
+                    state = event.state
+        self._cursors[job.id] = cursor
+
+    async def _check_launch(self, job: JobRecord) -> None:
+        """A learner that ended without reporting its end is settled by its exit status."""
+        current = await self.store.get(job.id)
+        if current.state not in ACTIVE:
+            return
+        status = await self.launcher.poll(current)
+        if status.state.terminal:
+            await self._follow_events(current)  # it may have reported its end just before exiting
+            current = await self.store.get(job.id)
+            if current.state in ACTIVE:
+                with contextlib.suppress(IllegalTransition):
+                    await self.store.transition(job.id, status.state, message=status.message)
+
+    async def _export_counts(self) -> None:
+        jobs, _ = await self.store.list(limit=10_000)
+        for state in JobState:
+            JOBS.labels(state.value).set(sum(1 for job in jobs if job.state is state))
+
+    # -- background loop ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("scheduler tick failed; retrying")
+            await asyncio.sleep(self.interval_s)

@@ -1,0 +1,218 @@
+"""The job store: training jobs in Redis, with atomic state transitions and a FIFO admission queue.
+
+A job is a hash (`<prefix>:jobs:<id>`); `<prefix>:jobs:index` orders jobs by creation and `<prefix>:jobs:queue`
+holds the queued ones in arrival order. Every state change is one Lua script that checks the current state, so
+two API replicas (or an API restart in the middle of a launch) can never move a job along an illegal edge.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from services.contracts import JobEvent, JobSpec, JobState
+from services.streams import Streams
+
+ALLOWED: dict[JobState, set[JobState]] = {
+    JobState.QUEUED: {JobState.STARTING, JobState.CANCELLED},
+    JobState.STARTING: {JobState.RUNNING, JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED},
+    JobState.RUNNING: {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED},
+}
+
+# KEYS: job hash, queue.  ARGV: job id, new state, now, allowed current states (space separated), then
+# field/value pairs to set. Returns the previous state, or an error reply naming the refused edge.
+_TRANSITION = """
+local current = redis.call('HGET', KEYS[1], 'state')
+if not current then return redis.error_reply('no such job ' .. ARGV[1]) end
+local allowed = ' ' .. ARGV[4] .. ' '
+if not string.find(allowed, ' ' .. current .. ' ', 1, true) then
+  return redis.error_reply('illegal transition ' .. current .. ' -> ' .. ARGV[2])
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'updated_at', ARGV[3])
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if current == 'QUEUED' then redis.call('LREM', KEYS[2], 0, ARGV[1]) end
+return current
+"""
+
+
+class JobNotFound(LookupError):
+    pass
+
+
+class IllegalTransition(ValueError):
+    pass
+
+
+@dataclass
+class JobRecord:
+    id: str
+    spec: JobSpec
+    state: JobState
+    created_at: float
+    updated_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    step: int = 0
+    message: str = ""
+    launcher: str = ""
+    handle: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total_steps(self) -> int:
+        return self.spec.schedule.total_steps
+
+    def eta_seconds(self, now: float | None = None) -> float | None:
+        """Linear extrapolation from the steps done so far; None until a step has finished."""
+        if self.state is not JobState.RUNNING or not self.started_at or self.step <= 0:
+            return None
+        elapsed = (now or time.time()) - self.started_at
+        return elapsed / self.step * max(self.total_steps - self.step, 0)
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.spec.name,
+            "state": self.state.value,
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "eta_seconds": self.eta_seconds(),
+            "message": self.message,
+            "metrics": self.metrics,
+            "spec": self.spec.model_dump(mode="json"),
+        }
+
+
+def _decode(raw: dict[bytes, bytes]) -> JobRecord:
+    values = {k.decode(): v.decode() for k, v in raw.items()}
+
+    def optional_float(key: str) -> float | None:
+        return float(values[key]) if values.get(key) else None
+
+    return JobRecord(
+        id=values["id"],
+        spec=JobSpec.model_validate_json(values["spec"]),
+        state=JobState(values["state"]),
+        created_at=float(values["created_at"]),
+        updated_at=float(values["updated_at"]),
+        started_at=optional_float("started_at"),
+        finished_at=optional_float("finished_at"),
+        step=int(values.get("step") or 0),
+        message=values.get("message", ""),
+        launcher=values.get("launcher", ""),
+        handle=json.loads(values.get("handle") or "{}"),
+        metrics=json.loads(values.get("metrics") or "{}"),
+    )
+
+
+class JobStore:
+    def __init__(self, streams: Streams) -> None:
+        self.streams = streams
+        self.redis: aioredis.Redis = streams.redis
+        prefix = streams.prefix
+        self._index = f"{prefix}:jobs:index"
+        self._queue = f"{prefix}:jobs:queue"
+        self._job_prefix = f"{prefix}:jobs:"
+        self._transition = self.redis.register_script(_TRANSITION)
+
+    def _key(self, job_id: str) -> str:
+        return self._job_prefix + job_id
+
+    async def create(self, spec: JobSpec) -> JobRecord:
+        """Store a new QUEUED job at the back of the queue (one transaction: all or nothing)."""
+        now = time.time()
+        job_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                self._key(job_id),
+                mapping={
+                    "id": job_id,
+                    "spec": spec.model_dump_json(),
+                    "state": JobState.QUEUED.value,
+                    "created_at": repr(now),
+                    "updated_at": repr(now),
+                    "step": 0,
+                },
+            )
+            pipe.zadd(self._index, {job_id: now})
+            pipe.rpush(self._queue, job_id)
+            await pipe.execute()
+        await self.publish_event(JobEvent(job_id=job_id, event="state", state=JobState.QUEUED))
+        return await self.get(job_id)
+
+    async def get(self, job_id: str) -> JobRecord:
+        raw = await self.redis.hgetall(self._key(job_id))
+        if not raw:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        return _decode(raw)
+
+    async def list(
+        self, state: JobState | None = None, offset: int = 0, limit: int = 50
+    ) -> tuple[list[JobRecord], int]:
+        """Newest first, optionally only one state; returns (page, total matching)."""
+        ids = [i.decode() for i in await self.redis.zrevrange(self._index, 0, -1)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hgetall(self._key(job_id))
+            raws = await pipe.execute()
+        records = [_decode(raw) for raw in raws if raw]
+        if state is not None:
+            records = [r for r in records if r.state is state]
+        return records[offset : offset + limit], len(records)
+
+    async def queued(self) -> list[str]:
+        return [i.decode() for i in await self.redis.lrange(self._queue, 0, -1)]
+
+    async def transition(self, job_id: str, new_state: JobState, **fields: Any) -> JobState:
+        """Move a job to `new_state` if the edge is legal; returns the state it left."""
+        allowed_from = [s.value for s, targets in ALLOWED.items() if new_state in targets]
+        now = time.time()
+        if new_state is JobState.RUNNING:
+            fields.setdefault("started_at", now)
+        if new_state.terminal:
+            fields.setdefault("finished_at", now)
+        args: list[Any] = [job_id, new_state.value, repr(now), " ".join(allowed_from)]
+        for key, value in fields.items():
+            args += [key, json.dumps(value) if isinstance(value, dict) else str(value)]
+        try:
+            previous = await self._transition(keys=[self._key(job_id), self._queue], args=args)
+        except aioredis.ResponseError as exc:
+            text = str(exc)
+            if text.startswith("no such job"):
+                raise JobNotFound(f"no job with id {job_id!r}") from None
+            raise IllegalTransition(f"job {job_id}: {text}") from None
+        await self.publish_event(
+            JobEvent(job_id=job_id, event="state", state=new_state, message=str(fields.get("message", "")))
+        )
+        return JobState(previous.decode())
+
+    async def set_handle(self, job_id: str, handle: dict[str, Any]) -> None:
+        """Remember how the launcher can find the learner again (pid, RayJob name)."""
+        await self.redis.hset(self._key(job_id), "handle", json.dumps(handle))
+
+    async def record_progress(self, job_id: str, step: int, metrics: dict[str, float]) -> None:
+        await self.redis.hset(
+            self._key(job_id), mapping={"step": step, "metrics": json.dumps(metrics), "updated_at": repr(time.time())}
+        )
+
+    async def publish_event(self, event: JobEvent) -> None:
+        await self.streams.publish(self.streams.job(event.job_id, "events"), event)
+
+    async def events(self, job_id: str, after: str = "0-0", block_ms: int | None = None) -> list[tuple[str, JobEvent]]:
+        """Events after entry id `after` (blocking up to `block_ms` for the first)."""
+        stream = self.streams.job(job_id, "events")
+        if block_ms is None:
+            rows = await self.redis.xrange(stream, min=f"({after}" if after != "0-0" else "-", max="+")
+        else:
+            response = await self.redis.xread({stream: after}, block=block_ms, count=500)
+            rows = response[0][1] if response else []
+        return [(entry_id.decode(), JobEvent.from_wire(fields[b"d"])) for entry_id, fields in rows]

@@ -1,0 +1,177 @@
+"""The jobs API over real HTTP, with a real Redis and real learner processes (a stand-in entrypoint)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+TOKEN = "test-token-123"
+HERE = Path(__file__).resolve().parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.1)
+
+
+class Api:
+    """An API server process; `restart()` stops it and starts a new one on the same port and Redis prefix."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.url = f"http://127.0.0.1:{env['SEARCHR1_PORT']}"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+
+    def start(self) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "services.api.app"], env=self.env)
+        wait_until(self._ready, 30, "the API to be ready")
+
+    def _ready(self) -> bool:
+        try:
+            return httpx.get(self.url + "/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            self.process.wait(timeout=20)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def wait_state(self, job_id: str, state: str, timeout_s: float = 30) -> dict:
+        wait_until(
+            lambda: self.client.get(f"/v1/jobs/{job_id}").json()["state"] == state, timeout_s, f"{job_id} {state}"
+        )
+        return self.client.get(f"/v1/jobs/{job_id}").json()
+
+
+@pytest.fixture
+def api(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Api]:
+    env = dict(
+        worker_env,
+        SEARCHR1_PORT=str(_free_port()),
+        SEARCHR1_API_TOKEN=TOKEN,
+        SEARCHR1_LEARNER_ENTRYPOINT="fake_learner",
+        SEARCHR1_WORK_DIR=str(tmp_path),
+        SEARCHR1_SCHEDULER_INTERVAL_S="0.2",
+        PYTHONPATH=os.pathsep.join([str(HERE), worker_env["PYTHONPATH"]]),
+    )
+    server = Api(env)
+    server.start()
+    yield server
+    server.stop()
+
+
+def tiny_job(steps: int = 3, name: str = "tiny") -> dict:
+    return {"preset": "paper-grpo", "overrides": {"name": name, "model": "tiny", "schedule": {"total_steps": steps}}}
+
+
+def test_auth_is_required_except_for_health_and_metrics(api: Api) -> None:
+    assert httpx.get(api.url + "/v1/jobs").status_code == 401
+    assert httpx.get(api.url + "/v1/jobs", headers={"Authorization": "Bearer nope"}).status_code == 403
+    assert api.client.get("/v1/jobs").status_code == 200
+    assert httpx.get(api.url + "/healthz").status_code == 200
+    assert "searchr1_jobs" in httpx.get(api.url + "/metrics/").text
+    assert httpx.get(api.url + "/openapi.json").json()["paths"]["/v1/jobs"]
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"preset": "paper-grpo", "overrides": {"algorithm": {"group_size": 0}}}, "JobSpec.algorithm.grpo.group_size"),
+        ({"preset": "paper-dpo"}, "unknown preset 'paper-dpo'"),
+        ({"model": "m"}, "JobSpec.algorithm: Field required"),
+        ({"preset": "paper-ppo", "extra": 1}, "only 'overrides' may be given"),
+        ([1, 2], "must be a JSON object"),
+    ],
+)
+def test_invalid_submissions_answer_422_with_the_field_path(api: Api, body: object, expected: str) -> None:
+    response = api.client.post("/v1/jobs", json=body)
+    assert response.status_code == 422
+    assert expected in response.json()["detail"]
+    assert api.client.get("/v1/jobs").json()["total"] == 0, "a rejected job must not be stored"
+
+
+def test_job_runs_to_success_with_metrics_checkpoints_and_events(api: Api) -> None:
+    job = api.client.post("/v1/jobs", json=tiny_job(steps=3)).json()
+    assert job["state"] == "QUEUED" and job["total_steps"] == 3
+    done = api.wait_state(job["id"], "SUCCEEDED")
+    assert done["step"] == 3 and done["metrics"]["reward_mean"] == pytest.approx(0.3)
+    history = api.client.get(f"/v1/jobs/{job['id']}/metrics").json()["history"]
+    assert [h["step"] for h in history] == [1, 2, 3]
+    [checkpoint] = api.client.get(f"/v1/jobs/{job['id']}/checkpoints").json()["checkpoints"]
+    assert checkpoint["path"].endswith("checkpoint-final")
+    sse = api.client.get(f"/v1/jobs/{job['id']}/events", params={"follow": False}).text
+    states = [line.split('"state":"')[1].split('"')[0] for line in sse.splitlines() if '"state":"' in line]
+    assert states[0] == "QUEUED" and states[-1] == "SUCCEEDED"
+    assert {"STARTING", "RUNNING"} <= set(states)
+    learner_log = Path(api.env["SEARCHR1_WORK_DIR"]) / "jobs" / job["id"] / "learner.log"
+    assert learner_log.exists()
+
+
+def test_one_job_at_a_time_fifo_and_cancel_ends_the_process_tree(api: Api) -> None:
+    api.env["FAKE_LEARNER_STEP_S"] = "5"
+    api.restart()
+    first = api.client.post("/v1/jobs", json=tiny_job(steps=100, name="first")).json()
+    second = api.client.post("/v1/jobs", json=tiny_job(steps=1, name="second")).json()
+    running = api.wait_state(first["id"], "RUNNING")
+    assert api.client.get(f"/v1/jobs/{second['id']}").json()["state"] == "QUEUED"
+    assert [j["id"] for j in api.client.get("/v1/jobs", params={"state": "QUEUED"}).json()["jobs"]] == [second["id"]]
+    pid = running_pid(api, first["id"])
+    cancelled = api.client.post(f"/v1/jobs/{first['id']}/cancel").json()
+    assert cancelled["state"] == "CANCELLED"
+    wait_until(lambda: not _alive(pid), 15, "the learner process to end")
+    api.wait_state(second["id"], "RUNNING", timeout_s=30)
+    assert api.client.post(f"/v1/jobs/{first['id']}/cancel").status_code == 409
+    assert running["started_at"] is not None
+
+
+def test_jobs_survive_an_api_restart_and_failures_are_reported(api: Api) -> None:
+    done = api.client.post("/v1/jobs", json=tiny_job(steps=1, name="done")).json()
+    api.wait_state(done["id"], "SUCCEEDED")
+    api.env["FAKE_LEARNER_EXIT"] = "3"
+    api.restart()
+    assert api.client.get(f"/v1/jobs/{done['id']}").json()["state"] == "SUCCEEDED"
+    failing = api.client.post("/v1/jobs", json=tiny_job(name="failing")).json()
+    failed = api.wait_state(failing["id"], "FAILED")
+    assert "exited with code 3" in failed["message"]
+    assert api.client.get("/v1/jobs/nope").status_code == 404
+
+
+def running_pid(api: Api, job_id: str) -> int:
+    """The learner's pid, as the launcher recorded it in the job store."""
+    client = redis.Redis.from_url(api.env["SEARCHR1_REDIS_URL"])
+    raw = client.hget(f"{api.env['SEARCHR1_KEY_PREFIX']}:jobs:{job_id}", "handle")
+    return int(json.loads(raw)["pid"])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -33,6 +33,7 @@ class Scheduler:
         self.interval_s = interval_s
         self._cursors: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     async def tick(self) -> None:
         jobs, _ = await self.store.list(limit=10_000)
@@ -118,15 +119,20 @@ class Scheduler:
         self._task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Finish the current tick and stop (cancelling a tick mid-call could leave a Redis call half-done)."""
+        if self._task is None:
+            return
+        self._stopping.set()
+        try:
+            await asyncio.wait_for(self._task, timeout=30)
+        except TimeoutError:
+            log.warning("scheduler tick did not finish within 30s; cancelling it")
 
     async def _loop(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self.tick()
             except Exception:
                 log.exception("scheduler tick failed; retrying")
-            await asyncio.sleep(self.interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.interval_s)

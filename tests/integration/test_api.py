@@ -56,7 +56,11 @@ class Api:
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
-            self.process.wait(timeout=20)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                raise AssertionError("the API did not shut down within 20s of SIGINT") from None
 
     def restart(self) -> None:
         self.stop()

@@ -27,6 +27,7 @@ from services.contracts import PRESETS, ContractError, JobSpec, JobState
 from services.streams import Streams, connect
 from services.telemetry import configure_logging
 
+from .kuberay import KubeRayLauncher, KubeRaySettings
 from .launchers import DEFAULT_ENTRYPOINT, Launcher, LocalLauncher
 from .scheduler import Scheduler
 from .store import IllegalTransition, JobNotFound, JobStore
@@ -39,13 +40,16 @@ class ApiSettings(Settings):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     max_running_jobs: int = Field(1, ge=1)
-    launcher: Literal["local"] = "local"
+    launcher: Literal["local", "kuberay"] = "local"
+    kuberay: KubeRaySettings = Field(default_factory=KubeRaySettings)
     work_dir: Path = Path("var")
     learner_entrypoint: str = DEFAULT_ENTRYPOINT
     scheduler_interval_s: float = Field(1.0, gt=0)
 
 
 def build_launcher(settings: ApiSettings) -> Launcher:
+    if settings.launcher == "kuberay":
+        return KubeRayLauncher(settings.kuberay)
     return LocalLauncher(settings.work_dir, settings.learner_entrypoint)
 
 

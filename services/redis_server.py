@@ -37,7 +37,8 @@ def redis_server_binary() -> str:
         ) from None
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -49,7 +50,7 @@ class PrivateRedis:
     def __init__(self, data_dir: Path | None = None, appendonly: bool = False) -> None:
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="searchr1-redis-")
         self.data_dir = data_dir or Path(self._tmp.name)  # type: ignore[union-attr]
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.appendonly = appendonly
         self._process: subprocess.Popen[bytes] | None = None

@@ -4,97 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
-
-TOKEN = "test-token-123"
-HERE = Path(__file__).resolve().parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.1)
-
-
-class Api:
-    """An API server process; `restart()` stops it and starts a new one on the same port and Redis prefix."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.url = f"http://127.0.0.1:{env['SEARCHR1_PORT']}"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
-
-    def start(self) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "services.api.app"], env=self.env)
-        wait_until(self._ready, 30, "the API to be ready")
-
-    def _ready(self) -> bool:
-        try:
-            return httpx.get(self.url + "/readyz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                raise AssertionError("the API did not shut down within 20s of SIGINT") from None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def wait_state(self, job_id: str, state: str, timeout_s: float = 30) -> dict:
-        wait_until(
-            lambda: self.client.get(f"/v1/jobs/{job_id}").json()["state"] == state, timeout_s, f"{job_id} {state}"
-        )
-        return self.client.get(f"/v1/jobs/{job_id}").json()
-
-
-@pytest.fixture
-def api(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Api]:
-    env = dict(
-        worker_env,
-        SEARCHR1_PORT=str(_free_port()),
-        SEARCHR1_API_TOKEN=TOKEN,
-        SEARCHR1_LEARNER_ENTRYPOINT="fake_learner",
-        SEARCHR1_WORK_DIR=str(tmp_path),
-        SEARCHR1_SCHEDULER_INTERVAL_S="0.2",
-        PYTHONPATH=os.pathsep.join([str(HERE), worker_env["PYTHONPATH"]]),
-    )
-    server = Api(env)
-    server.start()
-    yield server
-    server.stop()
+from support import ApiServer, wait_until
 
 
 def tiny_job(steps: int = 3, name: str = "tiny") -> dict:
     return {"preset": "paper-grpo", "overrides": {"name": name, "model": "tiny", "schedule": {"total_steps": steps}}}
 
 
-def test_auth_is_required_except_for_health_and_metrics(api: Api) -> None:
+def test_auth_is_required_except_for_health_and_metrics(api: ApiServer) -> None:
     assert httpx.get(api.url + "/v1/jobs").status_code == 401
     assert httpx.get(api.url + "/v1/jobs", headers={"Authorization": "Bearer nope"}).status_code == 403
     assert api.client.get("/v1/jobs").status_code == 200
@@ -113,14 +35,14 @@ def test_auth_is_required_except_for_health_and_metrics(api: Api) -> None:
         ([1, 2], "must be a JSON object"),
     ],
 )
-def test_invalid_submissions_answer_422_with_the_field_path(api: Api, body: object, expected: str) -> None:
+def test_invalid_submissions_answer_422_with_the_field_path(api: ApiServer, body: object, expected: str) -> None:
     response = api.client.post("/v1/jobs", json=body)
     assert response.status_code == 422
     assert expected in response.json()["detail"]
     assert api.client.get("/v1/jobs").json()["total"] == 0, "a rejected job must not be stored"
 
 
-def test_job_runs_to_success_with_metrics_checkpoints_and_events(api: Api) -> None:
+def test_job_runs_to_success_with_metrics_checkpoints_and_events(api: ApiServer) -> None:
     job = api.client.post("/v1/jobs", json=tiny_job(steps=3)).json()
     assert job["state"] == "QUEUED" and job["total_steps"] == 3
     done = api.wait_state(job["id"], "SUCCEEDED")
@@ -137,7 +59,7 @@ def test_job_runs_to_success_with_metrics_checkpoints_and_events(api: Api) -> No
     assert learner_log.exists()
 
 
-def test_one_job_at_a_time_fifo_and_cancel_ends_the_process_tree(api: Api) -> None:
+def test_one_job_at_a_time_fifo_and_cancel_ends_the_process_tree(api: ApiServer) -> None:
     api.env["FAKE_LEARNER_STEP_S"] = "5"
     api.restart()
     first = api.client.post("/v1/jobs", json=tiny_job(steps=100, name="first")).json()
@@ -154,7 +76,7 @@ def test_one_job_at_a_time_fifo_and_cancel_ends_the_process_tree(api: Api) -> No
     assert running["started_at"] is not None
 
 
-def test_jobs_survive_an_api_restart_and_failures_are_reported(api: Api) -> None:
+def test_jobs_survive_an_api_restart_and_failures_are_reported(api: ApiServer) -> None:
     done = api.client.post("/v1/jobs", json=tiny_job(steps=1, name="done")).json()
     api.wait_state(done["id"], "SUCCEEDED")
     api.env["FAKE_LEARNER_EXIT"] = "3"
@@ -166,7 +88,7 @@ def test_jobs_survive_an_api_restart_and_failures_are_reported(api: Api) -> None
     assert api.client.get("/v1/jobs/nope").status_code == 404
 
 
-def running_pid(api: Api, job_id: str) -> int:
+def running_pid(api: ApiServer, job_id: str) -> int:
     """The learner's pid, as the launcher recorded it in the job store."""
     client = redis.Redis.from_url(api.env["SEARCHR1_REDIS_URL"])
     raw = client.hget(f"{api.env['SEARCHR1_KEY_PREFIX']}:jobs:{job_id}", "handle")

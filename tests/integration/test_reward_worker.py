@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 
 import httpx
 import numpy as np
 import pytest
 import redis
+from support import wait_until
 
 from reward.worker import RewardSettings, build_worker
 from services.config import Settings
 from services.contracts import RewardConfig, ScoredTrajectory, Trajectory
+from services.redis_server import free_port
 from services.streams import DATA_FIELD, KIND_FIELD, Streams, connect
 
 CASES = [  # (response, golds, kind, expected reward)
@@ -47,14 +47,6 @@ def trajectory(response: str, golds: list[str], kind: str, job: str, source: str
         data_source=source,
         reward=RewardConfig(kind=kind),
     )
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def scored(settings: Settings, job: str) -> list[ScoredTrajectory]:
@@ -118,18 +110,12 @@ def test_poison_trajectories_go_to_dead_letters_while_the_rest_flow(settings: Se
     assert len(scored(settings, "job")) == 10
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _metric_total(text: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
 
 
 def test_two_worker_processes_share_the_queue_and_serve_health_and_metrics(worker_env, settings) -> None:
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", "reward.worker"],

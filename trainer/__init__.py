@@ -1,0 +1,1 @@
+"""Learner tier: training data and prompt sampling, RL algorithms (GAE, GRPO, PPO losses, KL), policy weights."""

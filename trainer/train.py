@@ -1,0 +1,140 @@
+"""The learner entrypoint: `python -m trainer.train --job FILE --job-id ID --output-dir DIR`.
+
+Runs the learner under Ray Train's TorchTrainer (gloo on CPU, NCCL on GPU); `--no-ray` runs it in this process.
+On a KubeRay RayJob, `RAY_ADDRESS` points at the job's cluster. Exit status 0 means the job succeeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from services.config import Settings
+from services.contracts import ContractError, JobEvent, JobSpec, JobState
+from services.models import resolve_model
+from services.streams import Streams, connect
+from services.telemetry import configure_logging
+
+log = logging.getLogger(__name__)
+
+
+class LearnerSettings(Settings):
+    eval_limit: int | None = None  # examples per eval data set; None evaluates all
+    data_dir: Path | None = None  # where relative data paths of a JobSpec are found
+
+
+def run_learner(config: dict[str, Any]) -> None:
+    """The body of one learner process (one Ray Train worker, or this process with --no-ray)."""
+    from transformers import AutoTokenizer
+
+    from trainer.data import load_data
+    from trainer.learner import Learner, LearnerContext
+    from trainer.policy import build_models
+
+    spec = JobSpec.parse(config["spec"])
+    settings = LearnerSettings.load()
+    configure_logging(settings.log_level, settings.log_format)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(spec.schedule.seed)
+    model_path = resolve_model(spec.model)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    data = load_data(spec.data, base_dir=settings.data_dir)
+    models = build_models(spec, model_path, device)
+
+    async def main() -> None:
+        streams = Streams(connect(settings), settings)
+        try:
+            ctx = LearnerContext(
+                spec=spec, job_id=config["job_id"], output_dir=Path(config["output_dir"]), streams=streams,
+                models=models, tokenizer=tokenizer, data=data, device=device, eval_limit=settings.eval_limit,
+            )  # fmt: skip
+            await Learner(ctx).run()
+        finally:
+            await streams.redis.aclose()
+
+    asyncio.run(main())
+
+
+def run_with_ray_train(config: dict[str, Any], spec: JobSpec) -> None:
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    if spec.resources.learner_workers > 1 and spec.resources.learner_gpus_per_node == 0:
+        log.warning("several CPU learner workers are slow; consider learner_workers=1 on CPU")
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=True)
+    use_gpu = spec.resources.learner_gpus_per_node > 0
+    trainer = TorchTrainer(
+        run_learner,
+        train_loop_config=config,
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=spec.resources.learner_workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": spec.resources.learner_cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+        ),
+        run_config=RunConfig(name=config["job_id"], storage_path=str(Path(config["output_dir"]).resolve() / "ray")),
+    )
+    trainer.fit()
+
+
+def report_failure(job_id: str, error: BaseException) -> None:
+    """Tell the control plane why the learner stopped (it also sees the exit status)."""
+
+    async def publish() -> None:
+        settings = Settings.load()
+        streams = Streams(connect(settings), settings)
+        event = JobEvent(
+            job_id=job_id, event="state", state=JobState.FAILED, message=f"{type(error).__name__}: {error}"
+        )
+        await streams.publish(streams.job(job_id, "events"), event)
+        await streams.redis.aclose()
+
+    try:
+        asyncio.run(publish())
+    except Exception:  # reporting is best effort; the exit status still says FAILED
+        log.exception("could not report the failure of job %s", job_id)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the learner of one training job")
+    parser.add_argument("--job", required=True, help="the JobSpec (JSON or YAML)")
+    parser.add_argument("--job-id", required=True)
+    parser.add_argument("--output-dir", required=True, help="checkpoints and weights go here")
+    parser.add_argument("--no-ray", action="store_true", help="run in this process instead of under Ray Train")
+    args = parser.parse_args(argv)
+    configure_logging()
+    try:
+        import yaml
+
+        spec = JobSpec.parse(yaml.safe_load(Path(args.job).read_text()))
+    except (OSError, ContractError, ValueError) as exc:
+        print(f"trainer: bad job {args.job}: {exc}", file=sys.stderr)
+        report_failure(args.job_id, exc)
+        return 2
+    config = {"spec": spec.model_dump(mode="json"), "job_id": args.job_id, "output_dir": args.output_dir}
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(args.output_dir) / "job.json").write_text(json.dumps(config["spec"], indent=2))
+    try:
+        if args.no_ray:
+            run_learner(config)
+        else:
+            run_with_ray_train(config, spec)
+    except Exception as exc:
+        log.exception("learner of job %s failed", args.job_id)
+        report_failure(args.job_id, exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

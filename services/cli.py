@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from services.config import Settings
-from services.contracts import ContractError, deep_merge
+from services.contracts import ContractError, JobState, deep_merge
 from services.streams import DATA_FIELD, KIND_FIELD, Streams, connect
 
 
@@ -115,6 +115,123 @@ def _read_spec_file(path: str) -> dict[str, Any]:
     return spec
 
 
+def _serve_module(module: str) -> Callable[[argparse.Namespace], int]:
+    """`searchr1 <tier> serve`: run the tier's own entry point with the remaining arguments."""
+
+    def run(args: argparse.Namespace) -> int:
+        import runpy
+
+        sys.argv = [module, *args.rest]
+        runpy.run_module(module, run_name="__main__")
+        return 0
+
+    return run
+
+
+def _platform_config(args: argparse.Namespace) -> Any:
+    from services.embedded import PlatformConfig
+
+    run_dir = Path(args.run_dir).resolve()
+    return PlatformConfig(
+        run_dir=run_dir, index_dir=Path(args.index or run_dir / "index").resolve(), model=args.model,
+        engine=args.engine, api_port=args.api_port, retriever_mode=args.retriever_mode,
+    )  # fmt: skip
+
+
+def _ensure_redis(config: Any) -> tuple[str, Any]:
+    """The Redis to use: SEARCHR1_REDIS_URL, else the machine's on 6379, else one of our own (kept running)."""
+    import os
+
+    from services.embedded import ServiceSpec
+    from services.redis_server import DEFAULT_URL, answers, free_port, redis_server_binary
+
+    url = os.environ.get("SEARCHR1_REDIS_URL")
+    if url:
+        if not answers(url):
+            raise ContractError(f"SEARCHR1_REDIS_URL={url} does not answer")
+        return url, None
+    if answers(DEFAULT_URL):
+        return DEFAULT_URL, None
+    port = free_port()
+    data = config.run_dir / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    command = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
+               "--appendonly", "yes", "--save", ""]  # fmt: skip
+    return f"redis://127.0.0.1:{port}/0", ServiceSpec("redis", command, None, grace_s=1.0)
+
+
+def build_index_if_needed(corpus: Path, index_dir: Path) -> None:
+    from retriever.build import main as build_main
+
+    print(f"indexing {corpus} into {index_dir} (resumes; cached embeddings are reused)")
+    if build_main(["--corpus", str(corpus), "--index", str(index_dir)]) != 0:
+        raise ContractError(f"building the index of {corpus} failed")
+
+
+def platform_up(config: Any, corpus: Path | None) -> str:
+    """Start every tier of the embedded platform; returns the Redis URL the tiers use."""
+    from services.embedded import EmbeddedPlatform, platform_specs
+
+    if corpus is not None:
+        build_index_if_needed(corpus, config.index_dir)
+    redis_url, redis_spec = _ensure_redis(config)
+    specs = platform_specs(config, redis_url)
+    if redis_spec is not None:
+        specs.insert(0, redis_spec)
+    print(f"starting the embedded platform (logs under {config.run_dir / 'logs'})")
+    EmbeddedPlatform(config.run_dir).up(specs)
+    print(f"platform ready: API {config.api_url}")
+    return redis_url
+
+
+def _up(args: argparse.Namespace) -> int:
+    config = _platform_config(args)
+    platform_up(config, Path(args.corpus) if args.corpus else None)
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    from services.embedded import EmbeddedPlatform
+
+    stopped = EmbeddedPlatform(Path(args.run_dir).resolve()).down()
+    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Prepare data, start the platform, train with GRPO, report EM before/after and a reward curve."""
+    from reward.scoring import normalize_answer
+    from services.api.client import JobsClient
+    from services.demo import demo_job, follow, from_shared_data, generated, plot_rewards, print_results
+    from services.embedded import EmbeddedPlatform
+
+    config = _platform_config(args)
+    data_dir = config.run_dir / "demo-data"
+    shared = Path(args.shared_data)
+    if (shared / "corpus" / "corpus.jsonl").exists():
+        data = from_shared_data(shared, data_dir, args.train_questions, args.eval_questions, args.distractors,
+                                normalize_answer)  # fmt: skip
+    else:
+        data = generated(data_dir)
+    print(f"data: {data.origin}")
+    platform = EmbeddedPlatform(config.run_dir)
+    started_here = not platform.running()
+    if started_here:
+        platform_up(config, data.corpus)
+    try:
+        client = JobsClient(config.api_url)
+        job = client.submit(demo_job(data, args.steps, args.model))
+        print(f"submitted {job['id']}: GRPO, {args.steps} steps; follow with `searchr1 jobs logs {job['id']} -f`")
+        state, metrics, evals = follow(client, job["id"], args.steps)
+        print_results(evals)
+        if metrics:
+            print(f"reward curve: {plot_rewards(metrics, config.run_dir / 'reward_curve.png')}")
+        return 0 if state is JobState.SUCCEEDED else 1
+    finally:
+        if started_here and not args.keep_running:
+            platform.down()
+
+
 def _system_streams(streams: Streams) -> list[tuple[str, str]]:
     return [(streams.rollout, "rollout"), (streams.reward, "reward")]
 
@@ -202,6 +319,41 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", help="override a field (repeatable)")
     train.add_argument("--api", help="API URL")
     train.set_defaults(run=_train)
+
+    for tier, module in (("retriever", "retriever.app"), ("rollout", "rollout.serve")):
+        tier_commands = commands.add_parser(tier, help=f"the {tier} tier").add_subparsers(dest="action", required=True)
+        serve = tier_commands.add_parser("serve", help=f"run the {tier} tier (options are {module}'s)")
+        serve.add_argument("rest", nargs=argparse.REMAINDER)
+        serve.set_defaults(run=_serve_module(module))
+    index = commands.add_parser("index", help="the retrieval index").add_subparsers(dest="action", required=True)
+    build = index.add_parser("build", help="build or resume an index (options are retriever.build's)")
+    build.add_argument("rest", nargs=argparse.REMAINDER)
+    build.set_defaults(run=_serve_module("retriever.build"))
+
+    def platform_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--run-dir", default="var/platform", help="logs, index, jobs and state (default var/platform)")
+        sub.add_argument("--index", help="index folder (default RUN_DIR/index)")
+        sub.add_argument("--model", default="smollm2-135m-instruct", help="the rollout model")
+        sub.add_argument("--engine", choices=["vllm", "hf"], default="vllm")
+        sub.add_argument("--api-port", type=int, default=8080)
+        sub.add_argument("--retriever-mode", choices=["dense", "sparse", "hybrid"], default="dense")
+
+    up = commands.add_parser("up", help="start the whole platform on this machine")
+    platform_options(up)
+    up.add_argument("--corpus", help="build the index from this corpus first (resumable)")
+    up.set_defaults(run=_up)
+    down = commands.add_parser("down", help="stop what `up` started")
+    down.add_argument("--run-dir", default="var/platform")
+    down.set_defaults(run=_down)
+    demo = commands.add_parser("demo", help="train SmolLM2-135M with GRPO through the embedded platform")
+    platform_options(demo)
+    demo.add_argument("--shared-data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    demo.add_argument("--steps", type=int, default=6)
+    demo.add_argument("--train-questions", type=int, default=200)
+    demo.add_argument("--eval-questions", type=int, default=24)
+    demo.add_argument("--distractors", type=int, default=500)
+    demo.add_argument("--keep-running", action="store_true", help="leave the platform up afterwards")
+    demo.set_defaults(run=_demo)
 
     streams = commands.add_parser("streams", help="inspect the Redis streams").add_subparsers(
         dest="action", required=True

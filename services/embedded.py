@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -173,3 +174,77 @@ def _tail(path: str, lines: int = 20) -> str:
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+@dataclass
+class PlatformConfig:
+    """What `searchr1 up` runs: ports, the corpus index, the rollout model and engine."""
+
+    run_dir: Path
+    index_dir: Path
+    model: str = "smollm2-135m-instruct"
+    engine: str = "vllm"
+    api_port: int = 8080
+    retriever_port: int = 8000
+    rollout_port: int = 8001
+    reward_metrics_port: int = 9102
+    retriever_mode: str = "dense"
+    max_model_len: int = 4096
+    redis_url: str | None = None
+    api_token: str | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+
+def platform_specs(config: PlatformConfig, redis_url: str) -> list[ServiceSpec]:
+    """The tiers in start order, each a `python -m` entry point configured through SEARCHR1_* variables."""
+    python = sys.executable
+    common = {"SEARCHR1_REDIS_URL": redis_url, **config.extra_env}
+    retriever_url = f"http://127.0.0.1:{config.retriever_port}"
+    api_env = {"SEARCHR1_PORT": str(config.api_port), "SEARCHR1_WORK_DIR": str(config.run_dir)}
+    if config.api_token:
+        api_env["SEARCHR1_API_TOKEN"] = config.api_token
+    return [
+        ServiceSpec(
+            "retriever",
+            [
+                python,
+                "-m",
+                "retriever.app",
+                "--index",
+                str(config.index_dir),
+                "--port",
+                str(config.retriever_port),
+                "--mode",
+                config.retriever_mode,
+            ],
+            f"{retriever_url}/readyz",
+            env=common,
+        ),
+        ServiceSpec(
+            "reward",
+            [python, "-m", "reward.worker"],
+            f"http://127.0.0.1:{config.reward_metrics_port}/readyz",
+            env={**common, "SEARCHR1_METRICS_PORT": str(config.reward_metrics_port)},
+        ),
+        ServiceSpec(
+            "rollout",
+            [python, "-m", "rollout.serve"],
+            f"http://127.0.0.1:{config.rollout_port}/readyz",
+            env={
+                **common,
+                "SEARCHR1_MODEL": config.model,
+                "SEARCHR1_ENGINE": config.engine,
+                "SEARCHR1_RETRIEVER_URL": retriever_url,
+                "SEARCHR1_HTTP_PORT": str(config.rollout_port),
+                "SEARCHR1_MAX_MODEL_LEN": str(config.max_model_len),
+                "RAY_AUTH_MODE": "disabled",
+                "VLLM_CPU_KVCACHE_SPACE": "2",
+            },
+            startup_timeout_s=600,
+        ),
+        ServiceSpec("api", [python, "-m", "services.api.app"], f"{config.api_url}/readyz", env={**common, **api_env}),
+    ]

@@ -1,0 +1,192 @@
+"""`searchr1 demo`: train SmolLM2-135M-Instruct with GRPO on this machine, through the whole platform.
+
+Data: ../shared/data when it is there (a few hundred train questions, two eval sets, and the corpus passages
+that hold their answers plus distractors, so the index builds in minutes); otherwise a small generated set of
+fictional facts whose answers exist only in its own corpus, so only search can answer them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from services.contracts import JobState
+
+DEMO_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass
+class DemoData:
+    train: Path
+    eval: list[Path]
+    corpus: Path
+    origin: str
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with path.open() as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    tmp.replace(path)
+
+
+def from_shared_data(
+    shared: Path,
+    out: Path,
+    n_train: int,
+    n_eval: int,
+    distractors: int,
+    normalize: Callable[[str], str],
+    seed: int = 0,
+) -> DemoData:
+    """A slice of the shared data kit: questions, and the passages that contain their answers
+    (`normalize` is the reward tier's answer normalisation, handed in by the composition root)."""
+
+    def _normalise(text: str) -> str:
+        return f" {normalize(text)} "
+
+    rng = random.Random(seed)
+    train = rng.sample(_read_jsonl(shared / "train" / "train.jsonl"), n_train)
+    evals = {name: rng.sample(_read_jsonl(shared / "eval" / f"{name}.jsonl"), n_eval) for name in
+             ("nq_test", "hotpotqa_dev")}  # fmt: skip
+    questions = train + [row for rows in evals.values() for row in rows]
+    answers = {_normalise(a) for row in questions for a in row["golden_answers"]}
+    answers.discard("  ")
+    corpus = _read_jsonl(shared / "corpus" / "corpus.jsonl")
+    relevant = [p for p in corpus if any(a in _normalise(p["contents"]) for a in answers)]
+    chosen_ids = {p["id"] for p in relevant}
+    others = [p for p in corpus if p["id"] not in chosen_ids]
+    passages = relevant + rng.sample(others, min(distractors, len(others)))
+    rng.shuffle(passages)
+    _write_jsonl(out / "train.jsonl", train)
+    eval_paths = []
+    for name, rows in evals.items():
+        _write_jsonl(out / f"{name}.jsonl", rows)
+        eval_paths.append(out / f"{name}.jsonl")
+    _write_jsonl(out / "corpus.jsonl", passages)
+    origin = f"../shared/data: {n_train} train questions, {n_eval} per eval set, {len(passages)} passages"
+    return DemoData(out / "train.jsonl", eval_paths, out / "corpus.jsonl", origin)
+
+
+_PEOPLE = ["Alvera Quint", "Borin Maddox", "Cyra Vell", "Dorian Ashby", "Elowen Tarr", "Fenwick Doyle",
+           "Gisela Marr", "Hollis Crane", "Ilse Varga", "Jasper Noon", "Kestrel Wynn", "Lorna Pike"]  # fmt: skip
+_TOWNS = ["Westmarch", "Dunhollow", "Brightwater", "Cinderfall", "Ashgrove", "Mirecastle", "Pellridge", "Tormouth"]
+_TRADES = ["glassblower", "cartographer", "clockmaker", "beekeeper", "shipwright", "astronomer"]
+
+
+def generated(out: Path, seed: int = 0) -> DemoData:
+    """Fictional people with a birthplace and a trade: the answers exist only in this corpus."""
+    rng = random.Random(seed)
+    passages, questions = [], []
+    for i, person in enumerate(_PEOPLE):
+        town, trade = rng.choice(_TOWNS), rng.choice(_TRADES)
+        passages.append({"id": str(i), "contents": f'"{person}"\n{person} was a {trade} born in {town}.'})
+        questions.append({"id": f"{i}-town", "question": f"In which town was {person} born?",
+                          "golden_answers": [town], "source": "fictional:generated:searchr1"})  # fmt: skip
+        questions.append({"id": f"{i}-trade", "question": f"What was the trade of {person}?",
+                          "golden_answers": [trade], "source": "fictional:generated:searchr1"})  # fmt: skip
+    rng.shuffle(questions)
+    _write_jsonl(out / "train.jsonl", questions[:16])
+    _write_jsonl(out / "fictional_eval.jsonl", questions[16:])
+    _write_jsonl(out / "corpus.jsonl", passages)
+    return DemoData(out / "train.jsonl", [out / "fictional_eval.jsonl"], out / "corpus.jsonl",
+                    "generated fictional facts (no ../shared/data here)")  # fmt: skip
+
+
+def demo_job(data: DemoData, steps: int, model: str = DEMO_MODEL) -> dict[str, Any]:
+    """A GRPO JobSpec sized for two CPU cores: small groups, few steps, a higher learning rate than the paper's
+    (which is tuned for 500 steps of 512 prompts) so a handful of steps can move the policy at all."""
+    return {
+        "name": "demo-grpo",
+        "model": model,
+        "algorithm": {
+            "name": "grpo", "group_size": 4, "prompts_per_step": 4, "mini_batch_size": 4, "micro_batch_size": 4,
+            "actor_lr": 2e-6, "actor_warmup_ratio": 0.0,
+        },
+        "data": {
+            "train": [{"path": str(data.train), "format": "jsonl"}],
+            "eval": [{"path": str(p), "format": "jsonl"} for p in data.eval],
+        },
+        "rollout": {"max_turns": 2, "max_tokens_per_turn": 96, "max_obs_tokens": 256, "max_context_tokens": 1024,
+                    "max_prompt_tokens": 512, "temperature": 1.0, "top_p": 1.0, "request_timeout_s": 900},
+        "reward": {"kind": "em"},
+        "resources": {"learner_workers": 1, "learner_cpus_per_worker": 1},
+        "schedule": {"total_steps": steps, "save_interval": steps, "eval_interval": steps, "eval_before_train": True},
+    }  # fmt: skip
+
+
+def follow(client: Any, job_id: str, total_steps: int) -> tuple[JobState, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Follow a job's events with a progress bar; returns (final state, metrics per step, eval results)."""
+    from tqdm import tqdm
+
+    metrics: list[dict[str, Any]] = []
+    evals: list[dict[str, Any]] = []
+    state = JobState.QUEUED
+    with tqdm(total=total_steps, desc="training", unit="step") as bar:
+        for event in client.events(job_id, follow=True):
+            if event.event == "metrics":
+                metrics.append({"step": event.step, **event.data})
+                bar.update(1)
+                bar.set_postfix(reward=f"{event.data.get('reward_mean', 0):.3f}")
+            elif event.event == "eval":
+                evals.append({"step": event.step, **event.data})
+                bar.write(f"eval at step {event.step}: " + ", ".join(f"{k}={v:.3f}" for k, v in event.data.items()))
+            elif event.event == "state" and event.state:
+                state = event.state
+                bar.write(f"job {job_id}: {state.value} {event.message}".rstrip())
+    return state, metrics, evals
+
+
+def plot_rewards(metrics: list[dict[str, Any]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [m["step"] for m in metrics]
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    axis.plot(steps, [m["reward_mean"] for m in metrics], marker="o", label="mean reward (EM)")
+    axis.set_xlabel("step")
+    axis.set_ylabel("reward")
+    axis.set_title("searchr1 demo: GRPO on SmolLM2-135M-Instruct")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def print_results(evals: list[dict[str, Any]]) -> None:
+    if not evals:
+        print("no evaluation results")
+        return
+    first, last = evals[0], evals[-1]
+    names = sorted(k for k in first if k.startswith("eval_em/"))
+    print(f"{'data set':20} {'EM before':>10} {'EM after':>10}")
+    for name in names:
+        print(f"{name.split('/', 1)[1]:20} {first[name]:10.3f} {last.get(name, float('nan')):10.3f}")
+
+
+def wait_for_api(url: str, timeout_s: float = 60) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"the API at {url} is not ready")

@@ -1,14 +1,17 @@
 """The learner's side of the bus: send rollout requests, gather the scored trajectories they produce.
 
-Trajectories older than `max_staleness` policy versions are dropped (0 = the reference's on-policy behaviour),
-duplicates (at-least-once delivery) are ignored by message id, and requests still short of samples after
-`retry_after_s` without progress are sent again; after `timeout_s` the step fails with a clear error.
+Trajectories older than `max_staleness` policy versions are dropped (0 = the reference's on-policy behaviour)
+and replaced at once by a new request (a fresh id, the current version) for as many samples; duplicates
+(at-least-once delivery) are ignored by trajectory id; requests still short of samples after `retry_after_s`
+without progress are sent again; after `timeout_s` the step fails with a clear error.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 
 from services.contracts import RolloutRequest, ScoredTrajectory
@@ -28,7 +31,7 @@ GROUP = "learner"
 @dataclass
 class Gathered:
     trajectories: list[ScoredTrajectory]
-    resent: int = 0
+    resent: int = 0  # requests published again: unchanged after `retry_after_s`, or anew for stale samples
     dropped_stale: int = 0
     seconds: float = 0.0
     per_request: dict[str, int] = field(default_factory=dict)
@@ -59,6 +62,7 @@ class Collector:
         """Wait for `n_samples` scored trajectories of every request; returns them in arrival order."""
         started = time.monotonic()
         wanted = {request.msg_id: request for request in requests}
+        aliases: dict[str, str] = {}  # id of a replacement request -> id of the request it stands in for
         counts = dict.fromkeys(wanted, 0)
         result = Gathered(trajectories=[])
         last_progress = started
@@ -67,17 +71,20 @@ class Collector:
             if now - started > timeout_s:
                 missing = sum(wanted[rid].n_samples - counts[rid] for rid in wanted)
                 raise TimeoutError(
-                    f"job {self.job_id}: {missing} trajectories still missing after {timeout_s:.0f}s; "
+                    f"job {self.job_id}: {missing} trajectories still missing after {timeout_s:g}s; "
                     "are the rollout and reward tiers running? (searchr1 streams stats)"
                 )
             if now - last_progress > retry_after_s:
                 await self._resend(wanted, counts, result)
                 last_progress = now
             entries = await self.streams.read(self.scored_stream, GROUP, self.consumer, ScoredTrajectory, 256, 500)
+            stale: Counter[str] = Counter()
             for entry in entries:
-                if self._accept(entry.message, wanted, counts, current_version, max_staleness, result):
+                if self._accept(entry.message, wanted, aliases, counts, current_version, max_staleness, result, stale):
                     last_progress = time.monotonic()
             await self.streams.ack(self.scored_stream, GROUP, [entry.entry_id for entry in entries])
+            if stale:
+                await self._replace_stale(stale, wanted, aliases, counts, current_version, result)
         result.seconds = time.monotonic() - started
         result.per_request = counts
         return result
@@ -86,19 +93,23 @@ class Collector:
         self,
         scored: ScoredTrajectory | None,
         wanted: dict[str, RolloutRequest],
+        aliases: dict[str, str],
         counts: dict[str, int],
         current_version: int,
         max_staleness: int,
         result: Gathered,
+        stale: Counter[str],
     ) -> bool:
+        """Whether the trajectory counts for its request; a too stale one is counted in `stale` per request."""
         if scored is None:
             DROPPED.labels(self.job_id, "undecodable").inc()
             return False
         trajectory = scored.trajectory
-        if scored.msg_id in self._seen:
+        # A trajectory scored twice (reward-tier redelivery) arrives in two ScoredTrajectory messages.
+        if trajectory.msg_id in self._seen:
             return False
-        self._seen.add(scored.msg_id)
-        request_id = trajectory.request_id
+        self._seen.add(trajectory.msg_id)
+        request_id = aliases.get(trajectory.request_id, trajectory.request_id)
         if request_id not in wanted or counts[request_id] >= wanted[request_id].n_samples:
             DROPPED.labels(self.job_id, "unrequested").inc()
             return False
@@ -106,11 +117,44 @@ class Collector:
         if staleness > max_staleness:
             result.dropped_stale += 1
             DROPPED.labels(self.job_id, "stale").inc()
+            stale[request_id] += 1
             return False
         STALENESS.labels(self.job_id).observe(staleness)
         counts[request_id] += 1
         result.trajectories.append(scored)
         return True
+
+    async def _replace_stale(
+        self,
+        stale: Counter[str],
+        wanted: dict[str, RolloutRequest],
+        aliases: dict[str, str],
+        counts: dict[str, int],
+        current_version: int,
+        result: Gathered,
+    ) -> None:
+        """Ask again, under a fresh id and the current version, for the samples that were dropped as stale.
+
+        A fresh id because the rollout tier commits a request id at most once: sending the same id again would
+        be acknowledged as done and sample nothing. Surplus samples (the original still delivering) are dropped.
+        """
+        again = []
+        for request_id, dropped in stale.items():
+            request = wanted[request_id]
+            n = min(dropped, request.n_samples - counts[request_id])
+            if n <= 0:
+                continue
+            fresh = request.model_copy(
+                update={"msg_id": uuid.uuid4().hex, "n_samples": n, "policy_version": current_version,
+                        "created_at": time.time()}
+            )  # fmt: skip
+            aliases[fresh.msg_id] = request_id
+            again.append(fresh)
+        if again:
+            log.info("job %s: re-requesting %d stale sample(s) at version %d", self.job_id,
+                     sum(r.n_samples for r in again), current_version)  # fmt: skip
+            await self.streams.publish_many(self.streams.rollout, again)
+            result.resent += len(again)
 
     async def _resend(self, wanted: dict[str, RolloutRequest], counts: dict[str, int], result: Gathered) -> None:
         """Publish the unfinished requests again, unchanged.

@@ -33,7 +33,7 @@ from services.prompts import build_prompt_ids
 from services.streams import Streams
 from services.telemetry import gauge
 from trainer.batch import collate
-from trainer.collector import Collector
+from trainer.collector import Collector, Gathered
 from trainer.data import Datasets, Example, PromptStream, dataset_label
 from trainer.update import Models, train_step
 from trainer.weights import save_version
@@ -130,28 +130,35 @@ class Learner:
             temperature=rollout.temperature, top_p=rollout.top_p, max_tokens_per_turn=rollout.max_tokens_per_turn
         )
         requests = self.requests_for(examples, algo.group_size, sampling, is_eval=False)
-        await self.collector.send(requests)
-        gathered = await self.collector.gather(
-            requests, self.version, algo.max_staleness, timeout_s=rollout.request_timeout_s * 3
-        )
+        gathered = await self.rollouts(requests, algo.max_staleness)
         rollout_s = time.perf_counter() - started
         batch = collate(gathered.trajectories, pad_id=self.pad_id)
         update_started = time.perf_counter()
         stats = train_step(algo, batch, self.ctx.models, temperature=rollout.temperature)
         update_s = time.perf_counter() - update_started
+        metrics = self.step_metrics(gathered.trajectories, stats)
         self.step += 1
         self.version += 1
         weights_started = time.perf_counter()
         await self.publish_weights()
         weights_s = time.perf_counter() - weights_started
-        metrics = self.step_metrics(gathered.trajectories, stats)
         metrics.update(rollout_seconds=rollout_s, update_seconds=update_s, weights_seconds=weights_s,
-                       resent_requests=gathered.resent, dropped_stale=gathered.dropped_stale)  # fmt: skip
+                       resent_requests=gathered.resent, dropped_stale=gathered.dropped_stale,
+                       update_tokens_per_second=float(batch.attention_mask.sum()) / max(update_s, 1e-9))  # fmt: skip
         self.export(metrics)
         await self.event("metrics", step=self.step, data=metrics)
         log.info("job %s step %d/%d reward %.3f", self.ctx.job_id, self.step, spec.schedule.total_steps,
                  metrics["reward_mean"])  # fmt: skip
         return metrics
+
+    async def rollouts(self, requests: list[RolloutRequest], max_staleness: int) -> Gathered:
+        """Send the requests and gather their scored trajectories: requests that make no progress for
+        `request_timeout_s` are sent again, and the step fails after three times that."""
+        timeout = self.spec.rollout.request_timeout_s
+        await self.collector.send(requests)
+        return await self.collector.gather(
+            requests, self.version, max_staleness, retry_after_s=timeout, timeout_s=timeout * 3
+        )
 
     @property
     def pad_id(self) -> int:
@@ -159,10 +166,14 @@ class Learner:
         return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0)
 
     def step_metrics(self, scored: list[ScoredTrajectory], stats: dict[str, float]) -> dict[str, float]:
+        """Statistics of the step's trajectories (call before the version advances) and of the update."""
         trajectories = [s.trajectory for s in scored]
         turns = sum(t.turns for t in trajectories)
         return {
             **stats,
+            # KL to the reference: the loss term (GRPO), else the penalty folded into the rewards (PPO).
+            "kl": stats.get("kl", stats.get("kl_in_reward", 0.0)),
+            "staleness": float(np.mean([self.version - t.oldest_version for t in trajectories])),
             "reward_mean": float(np.mean([s.reward for s in scored])),
             "response_length": float(np.mean([t.response_ids.size for t in trajectories])),
             "model_tokens": float(np.mean([int(t.loss_mask.sum()) for t in trajectories])),
@@ -178,7 +189,7 @@ class Learner:
         job = self.ctx.job_id
         STEP.labels(job).set(self.step)
         REWARD_MEAN.labels(job).set(metrics["reward_mean"])
-        KL.labels(job).set(metrics.get("kl", metrics.get("kl_in_reward", 0.0)))
+        KL.labels(job).set(metrics["kl"])
         ENTROPY.labels(job).set(metrics.get("entropy", 0.0))
         for phase in ("rollout", "update", "weights"):
             STEP_SECONDS.labels(job, phase).set(metrics[f"{phase}_seconds"])
@@ -195,10 +206,7 @@ class Learner:
         examples = self.eval_examples()
         sampling = SamplingParams(temperature=0.0, top_p=1.0, max_tokens_per_turn=self.spec.rollout.max_tokens_per_turn)
         requests = self.requests_for(examples, 1, sampling, is_eval=True)
-        await self.collector.send(requests)
-        gathered = await self.collector.gather(
-            requests, self.version, max_staleness=0, timeout_s=self.spec.rollout.request_timeout_s * 3
-        )
+        gathered = await self.rollouts(requests, max_staleness=0)
         per_dataset: dict[str, list[float]] = {}
         for scored in gathered.trajectories:
             per_dataset.setdefault(dataset_label(scored.trajectory.data_source), []).append(scored.reward)

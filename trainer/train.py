@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import Field
 
 from services.config import Settings
 from services.contracts import ContractError, JobEvent, JobSpec, JobState
@@ -29,6 +30,21 @@ log = logging.getLogger(__name__)
 class LearnerSettings(Settings):
     eval_limit: int | None = None  # examples per eval data set; None evaluates all
     data_dir: Path | None = None  # where relative data paths of a JobSpec are found
+    # A local Ray cluster (no RAY_ADDRESS): its CPUs (None: all of the machine's) and object store size.
+    ray_num_cpus: int | None = Field(None, ge=1)
+    ray_object_store_mb: int | None = Field(None, ge=80)
+
+
+def learner_device() -> torch.device:
+    """This rank's device: the GPU Ray Train assigned to it, else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    try:
+        from ray.train.torch import get_device
+
+        return get_device()
+    except Exception:  # not under Ray Train (--no-ray)
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def run_learner(config: dict[str, Any]) -> None:
@@ -42,7 +58,7 @@ def run_learner(config: dict[str, Any]) -> None:
     spec = JobSpec.parse(config["spec"])
     settings = LearnerSettings.load()
     configure_logging(settings.log_level, settings.log_format)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = learner_device()
     torch.manual_seed(spec.schedule.seed)
     model_path = resolve_model(spec.model)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -65,13 +81,41 @@ def run_learner(config: dict[str, Any]) -> None:
 
 def run_with_ray_train(config: dict[str, Any], spec: JobSpec) -> None:
     import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
 
     if spec.resources.learner_workers > 1 and spec.resources.learner_gpus_per_node == 0:
         log.warning("several CPU learner workers are slow; consider learner_workers=1 on CPU")
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=True)
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(**ray_init_kwargs(LearnerSettings.load()))
+    try:
+        _fit(config, spec)
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def ray_init_kwargs(settings: LearnerSettings) -> dict[str, Any]:
+    """Arguments of `ray.init`: join RAY_ADDRESS when set, else start a local cluster sized by the settings.
+
+    The workers get this process's SEARCHR1_* variables (Redis, key prefix, data folder, ...) either way: on a
+    cluster they were started elsewhere and would not see them otherwise.
+    """
+    env = {key: value for key, value in os.environ.items() if key.startswith("SEARCHR1_")}
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "runtime_env": {"env_vars": env}}
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        return {**kwargs, "address": address}
+    if settings.ray_num_cpus is not None:
+        kwargs["num_cpus"] = settings.ray_num_cpus
+    if settings.ray_object_store_mb is not None:
+        kwargs["object_store_memory"] = settings.ray_object_store_mb * 1024 * 1024
+    return kwargs
+
+
+def _fit(config: dict[str, Any], spec: JobSpec) -> None:
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
     use_gpu = spec.resources.learner_gpus_per_node > 0
     trainer = TorchTrainer(
         run_learner,

@@ -137,7 +137,9 @@ def _update_minibatch(
     policy.train()
     models.optimizer.zero_grad(set_to_none=True)
     tokens = float(batch.loss_mask[rows].sum().clamp(min=1))  # every micro-batch divides by the mini-batch's count
-    sums = dict.fromkeys(("policy_loss", "entropy", "kl", "clip_fraction", "approx_kl"), 0.0)
+    kl_loss = ref_logprobs is not None and not config.kl_in_reward
+    names = ("policy_loss", "entropy", "clip_fraction", "approx_kl", *(("kl",) if kl_loss else ()))
+    sums = dict.fromkeys(names, 0.0)
     for start in range(0, len(rows), config.micro_batch_size):
         index = rows[start : start + config.micro_batch_size]
         part = batch.select(index)
@@ -151,7 +153,8 @@ def _update_minibatch(
             logits[:, -part.response_len - 1 : -1], part.loss_mask, temperature, normalizer=tokens
         )
         loss = out.loss - config.entropy_coef * entropy
-        if ref_logprobs is not None and not config.kl_in_reward:
+        if kl_loss:
+            assert ref_logprobs is not None
             kl = algos.kl_loss(logprobs, ref_logprobs[index], part.loss_mask, config.kl_estimator, normalizer=tokens)
             loss = loss + config.kl_coef * kl
             sums["kl"] += float(kl.detach())

@@ -47,6 +47,7 @@ def from_shared_data(
     n_eval: int,
     distractors: int,
     normalize: Callable[[str], str],
+    per_question: int = 3,
     seed: int = 0,
 ) -> DemoData:
     """A slice of the shared data kit: questions, and the passages that contain their answers
@@ -60,10 +61,16 @@ def from_shared_data(
     evals = {name: rng.sample(_read_jsonl(shared / "eval" / f"{name}.jsonl"), n_eval) for name in
              ("nq_test", "hotpotqa_dev")}  # fmt: skip
     questions = train + [row for rows in evals.values() for row in rows]
-    answers = {_normalise(a) for row in questions for a in row["golden_answers"]}
-    answers.discard("  ")
     corpus = _read_jsonl(shared / "corpus" / "corpus.jsonl")
-    relevant = [p for p in corpus if any(a in _normalise(p["contents"]) for a in answers)]
+    rng.shuffle(corpus)
+    normalised = [_normalise(p["contents"]) for p in corpus]
+    relevant: list[dict[str, Any]] = []
+    for question in questions:  # a few passages that hold each answer (yes/no answers are in none)
+        answers = [_normalise(a) for a in question["golden_answers"]]
+        answers = [a for a in answers if a.strip() not in ("", "yes", "no")]
+        hits = (i for i, text in enumerate(normalised) if any(a in text for a in answers))
+        relevant.extend(corpus[i] for _, i in zip(range(per_question), hits, strict=False))
+    relevant = list({p["id"]: p for p in relevant}.values())
     chosen_ids = {p["id"] for p in relevant}
     others = [p for p in corpus if p["id"] not in chosen_ids]
     passages = relevant + rng.sample(others, min(distractors, len(others)))

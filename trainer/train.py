@@ -82,8 +82,13 @@ def run_learner(config: dict[str, Any]) -> None:
 def run_with_ray_train(config: dict[str, Any], spec: JobSpec) -> None:
     import ray
 
-    if spec.resources.learner_workers > 1 and spec.resources.learner_gpus_per_node == 0:
-        log.warning("several CPU learner workers are slow; consider learner_workers=1 on CPU")
+    if spec.resources.learner_workers > 1:
+        # Every rank would send its own rollout requests, compete for the job's scored trajectories and announce
+        # weights; the rank-0 bus driver and full-state-dict saving that several FSDP ranks need are not built yet.
+        raise NotImplementedError(
+            f"resources.learner_workers={spec.resources.learner_workers}: this learner runs one Ray Train worker "
+            "for now; set resources.learner_workers to 1"
+        )
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(**ray_init_kwargs(LearnerSettings.load()))
@@ -114,6 +119,7 @@ def ray_init_kwargs(settings: LearnerSettings) -> dict[str, Any]:
 
 def _fit(config: dict[str, Any], spec: JobSpec) -> None:
     from ray.train import RunConfig, ScalingConfig
+    from ray.train.v2.api.exceptions import WorkerGroupError
     from ray.train.torch import TorchConfig, TorchTrainer
 
     use_gpu = spec.resources.learner_gpus_per_node > 0
@@ -128,7 +134,12 @@ def _fit(config: dict[str, Any], spec: JobSpec) -> None:
         ),
         run_config=RunConfig(name=config["job_id"], storage_path=str(Path(config["output_dir"]).resolve() / "ray")),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except WorkerGroupError as exc:  # report what went wrong on the first failed rank, not Ray's wrapper
+        if not exc.worker_failures:
+            raise
+        raise exc.worker_failures[min(exc.worker_failures)] from exc
 
 
 def report_failure(job_id: str, error: BaseException) -> None:

@@ -1,0 +1,372 @@
+"""The multi-turn search agent: one episode per (prompt, sample), token-in/token-out, with no I/O of its own.
+
+An episode alternates model turns and environment insertions (shared/notes/SEARCH-R1.md, "The episode"):
+
+    prompt | gen 1 (mask 1) | <information>...</information> (mask 0) | gen 2 (mask 1) | corrective (mask 0) | ...
+
+- Each turn the engine generates until `</search>` or `</answer>` (the stop string is kept) or the per-turn
+  token limit. The trajectory keeps the exact sampled ids: nothing the model produced is decoded and re-encoded.
+- The first `<search>...</search>` or `<answer>...</answer>` of the turn is its action. `answer` ends the
+  episode; `search` calls the injected retriever and appends the information block, truncated to the
+  observation cap with the closing tag kept; anything else appends a short corrective message.
+- After `max_turns` turns one last generation runs with search disabled (a search there is not executed).
+- The model sees at most `max_context_tokens` per generation: its input is the newest
+  `max_context_tokens - max_tokens_per_turn` tokens of prompt + response, so an engine with
+  `max_model_len >= max_context_tokens` serves every turn. The prompt is capped at `max_prompt_tokens` (newest
+  tokens kept) before the episode starts.
+
+The engine (`Generator`), the tokenizer (`TextCodec`) and the retriever (`Retriever`) are injected, so many
+episodes run concurrently on one event loop and the caller can batch their retrieval calls (see
+`rollout.retrieval_client.BatchingRetriever`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from rollout.engines.base import GenerationResult, Generator, SamplingOptions
+from services.contracts import RolloutConfig, RolloutRequest, Trajectory, VersionSpan
+
+SEARCH_STOP = "</search>"
+ANSWER_STOP = "</answer>"
+INFO_OPEN = "\n\n<information>"
+INFO_CLOSE = "</information>\n\n"
+ACTION_RE = re.compile(r"<(search|answer)>(.*?)</\1>", re.DOTALL)
+
+# Our own wording. Inserted after a turn that held no complete <search> or <answer> block.
+CORRECTIVE_MESSAGE = (
+    "\nThat was not a valid action. To look something up, write a query between <search> and </search>. "
+    "To finish, write the final answer between <answer> and </answer>. Let me try again.\n"
+)
+
+Action = Literal["search", "answer"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Injected collaborators
+
+
+class TextCodec(Protocol):
+    """Text <-> token ids for the environment's insertions and for parsing actions."""
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+class HFTextCodec:
+    """A `TextCodec` over a Hugging Face tokenizer: no special tokens added on encode, none skipped on decode
+    (so tags that are special tokens in a tokenizer still show up in the text the actions are parsed from)."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+
+@dataclass(frozen=True)
+class Document:
+    """One retrieved passage. `contents` follows the corpus convention: the title on the first line (the
+    reference keeps its quotes), the text after it."""
+
+    id: str
+    contents: str
+    score: float | None = None
+
+    @property
+    def title(self) -> str:
+        return self.contents.split("\n", 1)[0]
+
+    @property
+    def text(self) -> str:
+        parts = self.contents.split("\n", 1)
+        return parts[1] if len(parts) > 1 else ""
+
+
+Retriever = Callable[[list[str], int], Awaitable[list[list[Document]]]]
+"""`await retriever(queries, topk)` -> one list of documents per query, in order."""
+
+
+def format_documents(documents: Sequence[Document]) -> str:
+    """One line per passage: `Doc {i}(Title: {title}) {text}`, numbered from 1."""
+    return "\n".join(f"Doc {i}(Title: {doc.title}) {doc.text}" for i, doc in enumerate(documents, start=1))
+
+
+def parse_action(text: str) -> tuple[Action | None, str]:
+    """The first `<search>` or `<answer>` block of `text`: (kind, stripped content), or (None, "")."""
+    match = ACTION_RE.search(text)
+    if match is None:
+        return None, ""
+    return match.group(1), match.group(2).strip()  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Configuration and results
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    max_turns: int = 4
+    max_tokens_per_turn: int = 500
+    max_obs_tokens: int = 500
+    max_context_tokens: int = 4096
+    max_prompt_tokens: int = 2048
+    topk: int = 3
+    temperature: float = 1.0
+    top_p: float = 1.0
+    retrieval_timeout_s: float = 60.0
+    corrective_message: str = CORRECTIVE_MESSAGE
+
+    def __post_init__(self) -> None:
+        if self.max_turns < 0:
+            raise ValueError(f"max_turns must be >= 0, got {self.max_turns}")
+        if self.max_tokens_per_turn < 1:
+            raise ValueError(f"max_tokens_per_turn must be >= 1, got {self.max_tokens_per_turn}")
+        if self.max_context_tokens - self.max_tokens_per_turn < 1:
+            raise ValueError(
+                f"max_context_tokens ({self.max_context_tokens}) must exceed max_tokens_per_turn "
+                f"({self.max_tokens_per_turn}): the model's input is the newest "
+                "max_context_tokens - max_tokens_per_turn tokens"
+            )
+        if self.max_prompt_tokens < 1:
+            raise ValueError(f"max_prompt_tokens must be >= 1, got {self.max_prompt_tokens}")
+        if self.topk < 1:
+            raise ValueError(f"topk must be >= 1, got {self.topk}")
+        if self.retrieval_timeout_s <= 0:
+            raise ValueError(f"retrieval_timeout_s must be > 0, got {self.retrieval_timeout_s}")
+        SamplingOptions(self.temperature, self.top_p)  # validates both
+
+    @property
+    def max_input_tokens(self) -> int:
+        return self.max_context_tokens - self.max_tokens_per_turn
+
+    @classmethod
+    def from_rollout_config(cls, config: RolloutConfig, **overrides: Any) -> AgentConfig:
+        fields_ = {
+            "max_turns": config.max_turns,
+            "max_tokens_per_turn": config.max_tokens_per_turn,
+            "max_obs_tokens": config.max_obs_tokens,
+            "max_context_tokens": config.max_context_tokens,
+            "max_prompt_tokens": config.max_prompt_tokens,
+            "topk": config.topk,
+            "temperature": config.temperature,
+            "top_p": config.top_p,
+        }
+        return cls(**{**fields_, **overrides})
+
+    @classmethod
+    def from_request(cls, request: RolloutRequest, **overrides: Any) -> AgentConfig:
+        """The episode settings a rollout request carries; `overrides` fill what it does not (prompt cap,
+        timeouts). Eval requests decode greedily."""
+        fields_: dict[str, Any] = {
+            "max_turns": request.max_turns,
+            "max_tokens_per_turn": request.sampling.max_tokens_per_turn,
+            "max_obs_tokens": request.max_obs_tokens,
+            "max_context_tokens": request.max_context_tokens,
+            "topk": request.topk,
+            "temperature": 0.0 if request.is_eval else request.sampling.temperature,
+            "top_p": 1.0 if request.is_eval else request.sampling.top_p,
+        }
+        fields_["max_prompt_tokens"] = min(2048, fields_["max_context_tokens"] - fields_["max_tokens_per_turn"])
+        fields_.update(overrides)
+        return cls(**fields_)
+
+
+@dataclass
+class Episode:
+    """A finished episode: the capped prompt, the response with its loss mask and behaviour logprobs, the
+    version spans of the generated ranges, and the counts the reward tier and dashboards use."""
+
+    prompt_ids: list[int]
+    response_ids: list[int] = field(default_factory=list)
+    loss_mask: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    version_spans: list[VersionSpan] = field(default_factory=list)
+    turns: int = 0
+    searches: int = 0
+    valid_actions: int = 0
+    finished: bool = False
+    actions: list[str] = field(default_factory=list)  # per turn: "search", "answer", "invalid", "search_skipped"
+    queries: list[str] = field(default_factory=list)
+    answer: str | None = None
+    truncated_observations: int = 0
+    prompt_truncated: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def _append(self, ids: Sequence[int], mask: int, logprobs: Sequence[float] | None = None) -> None:
+        self.response_ids.extend(int(t) for t in ids)
+        self.loss_mask.extend([mask] * len(ids))
+        self.logprobs.extend([0.0] * len(ids) if logprobs is None else (float(x) for x in logprobs))
+
+    def _append_generation(self, result: GenerationResult) -> None:
+        start = len(self.response_ids)
+        self._append(result.token_ids, 1, result.logprobs)
+        end = len(self.response_ids)
+        if end == start:
+            return
+        last = self.version_spans[-1] if self.version_spans else None
+        if last is not None and last.end == start and last.version == result.version:
+            self.version_spans[-1] = VersionSpan(start=last.start, end=end, version=result.version)
+        else:
+            self.version_spans.append(VersionSpan(start=start, end=end, version=result.version))
+
+    def to_trajectory(
+        self,
+        request: RolloutRequest,
+        sample_index: int = 0,
+        response_text: str = "",
+        **fields_: Any,
+    ) -> Trajectory:
+        """The stream message for this episode of `request`."""
+        return Trajectory(
+            job_id=request.job_id,
+            request_id=request.msg_id,
+            prompt_uid=request.prompt_uid,
+            sample_index=sample_index,
+            prompt_ids=np.asarray(self.prompt_ids, dtype=np.int32),
+            response_ids=np.asarray(self.response_ids, dtype=np.int32),
+            loss_mask=np.asarray(self.loss_mask, dtype=np.uint8),
+            logprobs=np.asarray(self.logprobs, dtype=np.float32),
+            version_spans=list(self.version_spans),
+            response_text=response_text,
+            golden_answers=list(request.golden_answers),
+            data_source=request.data_source,
+            turns=self.turns,
+            searches=self.searches,
+            valid_actions=self.valid_actions,
+            finished=self.finished,
+            is_eval=request.is_eval,
+            timings=dict(self.timings),
+            **fields_,
+        )
+
+
+# --------------------------------------------------------------------------------------------------------
+# The loop
+
+
+class Agent:
+    """Runs episodes against one engine, one tokenizer and one retriever; safe to use from many concurrent
+    tasks (it keeps no per-episode state)."""
+
+    def __init__(self, engine: Generator, codec: TextCodec, retriever: Retriever, config: AgentConfig | None = None):
+        self.engine = engine
+        self.codec = codec
+        self.retriever = retriever
+        self.config = config or AgentConfig()
+        self._corrective_ids = codec.encode(self.config.corrective_message)
+        self._info_close_ids = codec.encode(INFO_CLOSE)
+        self._check(self.config)
+
+    def _check(self, config: AgentConfig) -> None:
+        if len(self._info_close_ids) >= config.max_obs_tokens:
+            raise ValueError(
+                f"max_obs_tokens ({config.max_obs_tokens}) leaves no room beside the closing "
+                f"{INFO_CLOSE!r} ({len(self._info_close_ids)} tokens)"
+            )
+
+    def observation_ids(
+        self, documents: Sequence[Document], max_obs_tokens: int | None = None
+    ) -> tuple[list[int], bool]:
+        """The information block for `documents` as token ids, at most `max_obs_tokens` long (the agent's
+        setting by default), always ending with the closing tag. Returns (ids, truncated)."""
+        body = self.codec.encode(INFO_OPEN + format_documents(documents))
+        budget = (max_obs_tokens or self.config.max_obs_tokens) - len(self._info_close_ids)
+        truncated = len(body) > budget
+        return body[:budget] + self._info_close_ids, truncated
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.codec.decode(ids)
+
+    async def run(
+        self, prompt_ids: Sequence[int], seed: int | None = None, config: AgentConfig | None = None
+    ) -> Episode:
+        """Play one episode from `prompt_ids`. `seed` (optional) seeds turn t with `seed + t`."""
+        cfg = config or self.config
+        if config is not None:
+            self._check(config)
+        started = time.perf_counter()
+        prompt = [int(t) for t in prompt_ids]
+        if not prompt:
+            raise ValueError("prompt_ids must hold at least one token")
+        episode = Episode(prompt_ids=prompt[-cfg.max_prompt_tokens :])
+        episode.prompt_truncated = len(prompt) > cfg.max_prompt_tokens
+        generate_s = retrieve_s = 0.0
+        while True:
+            forced_final = episode.turns >= cfg.max_turns
+            context = (episode.prompt_ids + episode.response_ids)[-cfg.max_input_tokens :]
+            sampling = SamplingOptions(
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                seed=None if seed is None else seed + episode.turns,
+            )
+            t0 = time.perf_counter()
+            result = await self.engine.generate(context, sampling, (SEARCH_STOP, ANSWER_STOP), cfg.max_tokens_per_turn)
+            generate_s += time.perf_counter() - t0
+            episode._append_generation(result)
+            episode.turns += 1
+
+            action, content = parse_action(self.codec.decode(result.token_ids))
+            if action == "answer":
+                episode.valid_actions += 1
+                episode.actions.append("answer")
+                episode.answer = content
+                episode.finished = True
+                break
+            if action == "search" and content:
+                episode.valid_actions += 1
+                if forced_final:
+                    episode.actions.append("search_skipped")
+                    break
+                episode.actions.append("search")
+                episode.queries.append(content)
+                t0 = time.perf_counter()
+                results = await asyncio.wait_for(self.retriever([content], cfg.topk), cfg.retrieval_timeout_s)
+                retrieve_s += time.perf_counter() - t0
+                if len(results) != 1:
+                    raise RuntimeError(f"retriever returned {len(results)} result lists for 1 query")
+                obs, truncated = self.observation_ids(results[0][: cfg.topk], cfg.max_obs_tokens)
+                episode.truncated_observations += int(truncated)
+                episode.searches += 1
+                episode._append(obs, 0)
+                continue
+            episode.actions.append("invalid")
+            if forced_final:
+                break
+            episode._append(self._corrective_ids, 0)
+
+        episode.timings = {
+            "generate_s": generate_s,
+            "retrieve_s": retrieve_s,
+            "total_s": time.perf_counter() - started,
+        }
+        return episode
+
+    async def run_request(self, request: RolloutRequest, **config_overrides: Any) -> list[Trajectory]:
+        """All `n_samples` episodes of `request`, concurrently, as trajectories in sample order. The episode
+        settings come from the request (`AgentConfig.from_request`); `config_overrides` fill the rest."""
+        config = AgentConfig.from_request(
+            request,
+            retrieval_timeout_s=self.config.retrieval_timeout_s,
+            corrective_message=self.config.corrective_message,
+            **config_overrides,
+        )
+        if config.corrective_message != self.config.corrective_message:
+            raise ValueError("corrective_message is fixed per Agent")
+        prompt = request.prompt_ids.tolist()
+        episodes = await asyncio.gather(*(self.run(prompt, config=config) for _ in range(request.n_samples)))
+        return [
+            episode.to_trajectory(request, sample_index=i, response_text=self.codec.decode(episode.response_ids))
+            for i, episode in enumerate(episodes)
+        ]

@@ -1,0 +1,184 @@
+"""The rollout tier as a Ray Serve application: `python -m rollout.serve` (or `searchr1 rollout serve`).
+
+Each replica holds one engine (vLLM; `num_gpus` from settings, 0 on CPU) and consumes the rollout work queue
+(see rollout/worker.py); Serve manages the replicas and routes the HTTP API: `POST /v1/agent` answers one
+question with the current policy and returns the whole trace, `POST /v1/generate` samples one completion,
+plus `/healthz`, `/readyz` and `/metrics`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Response
+from prometheus_client import make_asgi_app
+from pydantic import BaseModel, Field
+
+from rollout.engines.base import SamplingOptions
+from rollout.worker import RolloutSettings, RolloutWorker, build_engine
+from services.contracts import RolloutRequest
+from services.prompts import build_prompt_ids
+from services.telemetry import configure_logging
+
+log = logging.getLogger(__name__)
+
+
+class AgentQuery(BaseModel):
+    question: str = Field(min_length=1, max_length=4000)
+    max_turns: int = Field(4, ge=0, le=16)
+    topk: int = Field(3, ge=1, le=20)
+    temperature: float = Field(0.0, ge=0, le=5)
+
+
+class GenerateQuery(BaseModel):
+    prompt: str = Field(min_length=1, max_length=20000)
+    max_tokens: int = Field(128, ge=1, le=4096)
+    temperature: float = Field(1.0, ge=0, le=5)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop: list[str] = Field(default_factory=list, max_length=8)
+
+
+async def answer(worker: RolloutWorker, query: AgentQuery) -> dict[str, Any]:
+    """Answer one question with the weights the engine holds now; the whole episode comes back."""
+    request = RolloutRequest(
+        job_id="adhoc", prompt_uid="adhoc",
+        prompt_ids=np.asarray(build_prompt_ids(worker.engine.tokenizer, query.question)),
+        max_turns=query.max_turns, topk=query.topk,
+        sampling={"temperature": query.temperature, "top_p": 1.0, "max_tokens_per_turn": 500},
+    )  # fmt: skip
+    [trajectory] = await worker.agent.run_request(request)
+    return {
+        "question": query.question,
+        "trace": trajectory.response_text,
+        "policy_version": worker.engine.version,
+        "turns": trajectory.turns,
+        "searches": trajectory.searches,
+        "finished": trajectory.finished,
+        "response_tokens": int(trajectory.response_ids.size),
+        "model_tokens": int(trajectory.loss_mask.sum()),
+    }
+
+
+async def generate_once(worker: RolloutWorker, query: GenerateQuery) -> dict[str, Any]:
+    tokenizer = worker.engine.tokenizer
+    sampling = SamplingOptions(temperature=query.temperature, top_p=query.top_p)
+    try:
+        result = await worker.engine.generate(tokenizer.encode(query.prompt), sampling, query.stop, query.max_tokens)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return {
+        "text": tokenizer.decode(result.token_ids),
+        "token_ids": list(result.token_ids),
+        "finish_reason": result.finish_reason,
+        "policy_version": worker.engine.version,
+    }
+
+
+def readiness(worker: RolloutWorker) -> Response:
+    ready = worker.consumer is not None and worker.consumer.ready
+    return Response("ready\n" if ready else "starting\n", status_code=200 if ready else 503)
+
+
+def create_api(worker: RolloutWorker) -> FastAPI:
+    """The HTTP API of one worker outside Ray Serve (the same routes the Serve deployment has)."""
+    app = FastAPI(title="searchr1 rollout", version="0.1.0")
+    app.get("/healthz")(lambda: {"status": "ok"})
+    app.get("/readyz")(lambda: readiness(worker))
+
+    @app.post("/v1/agent")
+    async def agent(query: AgentQuery) -> dict[str, Any]:
+        return await answer(worker, query)
+
+    @app.post("/v1/generate")
+    async def generate(query: GenerateQuery) -> dict[str, Any]:
+        return await generate_once(worker, query)
+
+    app.mount("/metrics", make_asgi_app())
+    return app
+
+
+def build_app(settings: RolloutSettings) -> Any:
+    """The Serve application: replicas of one deployment, each an engine plus a queue consumer."""
+    from ray import serve
+
+    api = FastAPI(title="searchr1 rollout", version="0.1.0")
+    api.mount("/metrics", make_asgi_app())
+
+    @serve.deployment(
+        name="rollout",
+        num_replicas=settings.replicas,
+        ray_actor_options={
+            "num_cpus": settings.replica_cpus,
+            "num_gpus": settings.replica_gpus,
+            "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(settings.omp_threads)}},
+        },
+        max_ongoing_requests=64,
+        health_check_period_s=10,
+        health_check_timeout_s=60,
+    )
+    @serve.ingress(api)
+    class RolloutReplica:
+        async def __init__(self, settings_json: str) -> None:
+            configure_logging()
+            replica_settings = RolloutSettings.model_validate_json(settings_json)
+            self.worker = RolloutWorker(replica_settings, await build_engine(replica_settings))
+            self.consumer_task = asyncio.create_task(self.worker.run())
+
+        async def check_health(self) -> None:
+            if self.consumer_task.done():
+                raise RuntimeError(f"rollout consumer stopped: {self.consumer_task.exception()!r}")
+
+        @api.get("/healthz")
+        def healthz(self) -> dict[str, str]:
+            return {"status": "ok"}
+
+        @api.get("/readyz")
+        def readyz(self) -> Response:
+            return readiness(self.worker)
+
+        @api.post("/v1/agent")
+        async def agent(self, query: AgentQuery) -> dict[str, Any]:
+            return await answer(self.worker, query)
+
+        @api.post("/v1/generate")
+        async def generate(self, query: GenerateQuery) -> dict[str, Any]:
+            return await generate_once(self.worker, query)
+
+    return RolloutReplica.bind(settings.model_dump_json())
+
+
+def main() -> None:
+    import ray
+    from ray import serve
+
+    settings = RolloutSettings.load()
+    configure_logging(settings.log_level, settings.log_format)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=True)
+    serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
+    serve.run(build_app(settings), name="rollout", route_prefix="/", blocking=False)
+    log.info("rollout tier serving on http://%s:%d", settings.http_host, settings.http_port)
+    stop = asyncio.Event()
+
+    async def wait() -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+
+    asyncio.run(wait())
+    started = time.monotonic()
+    serve.shutdown()
+    ray.shutdown()
+    log.info("rollout tier stopped in %.1fs", time.monotonic() - started)
+
+
+if __name__ == "__main__":
+    main()

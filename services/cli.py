@@ -14,6 +14,7 @@ from typing import Any
 from services.config import Settings
 from services.contracts import ContractError, JobState, deep_merge
 from services.streams import DATA_FIELD, KIND_FIELD, Streams, connect
+from services.telemetry import configure_logging
 
 
 def _version(_: argparse.Namespace) -> int:
@@ -372,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging()
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)

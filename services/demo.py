@@ -148,7 +148,7 @@ def follow(client: Any, job_id: str, total_steps: int) -> tuple[JobState, list[d
             elif event.event == "eval":
                 evals.append({"step": event.step, **event.data})
                 bar.write(f"eval at step {event.step}: " + ", ".join(f"{k}={v:.3f}" for k, v in event.data.items()))
-            elif event.event == "state" and event.state:
+            elif event.event == "state" and event.state and event.state is not state:
                 state = event.state
                 bar.write(f"job {job_id}: {state.value} {event.message}".rstrip())
     return state, metrics, evals

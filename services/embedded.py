@@ -187,6 +187,8 @@ class PlatformConfig:
     api_port: int = 8080
     retriever_port: int = 8000
     rollout_port: int = 8001
+    ray_port: int = 6389
+    ray_cpus: int = 2
     reward_metrics_port: int = 9102
     retriever_mode: str = "dense"
     max_model_len: int = 4096
@@ -202,12 +204,33 @@ class PlatformConfig:
 def platform_specs(config: PlatformConfig, redis_url: str) -> list[ServiceSpec]:
     """The tiers in start order, each a `python -m` entry point configured through SEARCHR1_* variables."""
     python = sys.executable
-    common = {"SEARCHR1_REDIS_URL": redis_url, **config.extra_env}
+    ray_address = f"127.0.0.1:{config.ray_port}"
+    # One Ray cluster for the rollout replicas and every learner, as KubeRay gives them on Kubernetes.
+    common = {"SEARCHR1_REDIS_URL": redis_url, "RAY_ADDRESS": ray_address, "RAY_AUTH_MODE": "disabled",
+              **config.extra_env}  # fmt: skip
     retriever_url = f"http://127.0.0.1:{config.retriever_port}"
     api_env = {"SEARCHR1_PORT": str(config.api_port), "SEARCHR1_WORK_DIR": str(config.run_dir)}
     if config.api_token:
         api_env["SEARCHR1_API_TOKEN"] = config.api_token
+    ray_bin = str(Path(python).with_name("ray"))
     return [
+        ServiceSpec(
+            "ray",
+            [
+                ray_bin,
+                "start",
+                "--head",
+                "--block",
+                f"--port={config.ray_port}",
+                "--node-ip-address=127.0.0.1",
+                f"--num-cpus={config.ray_cpus}",
+                "--include-dashboard=false",
+                "--object-store-memory=500000000",
+            ],
+            None,
+            env={k: v for k, v in common.items() if k != "RAY_ADDRESS"},
+            grace_s=8.0,
+        ),
         ServiceSpec(
             "retriever",
             [

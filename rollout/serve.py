@@ -153,6 +153,11 @@ def build_app(settings: RolloutSettings) -> Any:
     return RolloutReplica.bind(settings.model_dump_json())
 
 
+def app(args: dict[str, str]) -> Any:
+    """The import path a RayService names (`rollout.serve:app`): its args override the SEARCHR1_* settings."""
+    return build_app(RolloutSettings.load(**args))
+
+
 def main() -> None:
     import ray
     from ray import serve

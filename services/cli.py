@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="train SmolLM2-135M with GRPO through the embedded platform")
     platform_options(demo)
     demo.add_argument("--shared-data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    demo.add_argument("--steps", type=int, default=6)
+    demo.add_argument("--steps", type=int, default=4)
     demo.add_argument("--train-questions", type=int, default=200)
     demo.add_argument("--eval-questions", type=int, default=24)
     demo.add_argument("--distractors", type=int, default=500)

@@ -117,15 +117,15 @@ def demo_job(data: DemoData, steps: int, model: str = DEMO_MODEL) -> dict[str, A
         "name": "demo-grpo",
         "model": model,
         "algorithm": {
-            "name": "grpo", "group_size": 4, "prompts_per_step": 4, "mini_batch_size": 4, "micro_batch_size": 4,
+            "name": "grpo", "group_size": 4, "prompts_per_step": 2, "mini_batch_size": 2, "micro_batch_size": 2,
             "actor_lr": 2e-6, "actor_warmup_ratio": 0.0,
         },
         "data": {
             "train": [{"path": str(data.train), "format": "jsonl"}],
             "eval": [{"path": str(p), "format": "jsonl"} for p in data.eval],
         },
-        "rollout": {"max_turns": 2, "max_tokens_per_turn": 96, "max_obs_tokens": 256, "max_context_tokens": 1024,
-                    "max_prompt_tokens": 512, "temperature": 1.0, "top_p": 1.0, "request_timeout_s": 900},
+        "rollout": {"max_turns": 2, "max_tokens_per_turn": 64, "max_obs_tokens": 192, "max_context_tokens": 768,
+                    "max_prompt_tokens": 400, "temperature": 1.0, "top_p": 1.0, "request_timeout_s": 900},
         "reward": {"kind": "em"},
         "resources": {"learner_workers": 1, "learner_cpus_per_worker": 1},
         "schedule": {"total_steps": steps, "save_interval": steps, "eval_interval": steps, "eval_before_train": True},

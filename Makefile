@@ -41,6 +41,7 @@ format: install
 bench: install
 	$(BIN)/python -m bench.streams
 	$(BIN)/python -m bench.reward
+	$(BIN)/python -m bench.retriever
 
 # Refresh constraints.txt from a fresh resolve (run after changing dependencies in pyproject.toml).
 lock:

@@ -34,6 +34,14 @@ class TrainingBatch:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    def to(self, device: torch.device | str) -> TrainingBatch:
+        """The same batch with its tensors on `device` (the policy's)."""
+        return TrainingBatch(
+            self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device),
+            self.response_mask.to(device), self.loss_mask.to(device), self.behaviour_logprobs.to(device),
+            self.scores.to(device), self.prompt_uids, self.versions,
+        )  # fmt: skip
+
     def select(self, rows: slice | Tensor | list[int]) -> TrainingBatch:
         """A sub-batch (mini- or micro-batch) with the same column layout."""
         index = rows if isinstance(rows, slice) else torch.as_tensor(rows, dtype=torch.long)

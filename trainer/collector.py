@@ -85,6 +85,8 @@ class Collector:
             await self.streams.ack(self.scored_stream, GROUP, [entry.entry_id for entry in entries])
             if stale:
                 await self._replace_stale(stale, wanted, aliases, counts, current_version, result)
+        # The learner is the stream's only reader: drop what it has settled, or a long job fills Redis.
+        await self.streams.trim_consumed(self.scored_stream)
         result.seconds = time.monotonic() - started
         result.per_request = counts
         return result

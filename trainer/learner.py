@@ -45,6 +45,7 @@ REWARD_MEAN = gauge("searchr1_learner_reward_mean", "Mean reward of the step's t
 KL = gauge("searchr1_learner_kl", "KL to the reference policy", ["job"])
 ENTROPY = gauge("searchr1_learner_entropy", "Mean entropy of model tokens", ["job"])
 STEP_SECONDS = gauge("searchr1_learner_step_seconds", "Seconds per phase of the last step", ["job", "phase"])
+VALID_SEARCH_RATIO = gauge("searchr1_learner_valid_search_ratio", "Share of turns with a valid action", ["job"])
 EVAL_EM = gauge("searchr1_learner_eval_em", "Exact match on an eval set (greedy)", ["job", "dataset"])
 
 
@@ -132,7 +133,7 @@ class Learner:
         requests = self.requests_for(examples, algo.group_size, sampling, is_eval=False)
         gathered = await self.rollouts(requests, algo.max_staleness)
         rollout_s = time.perf_counter() - started
-        batch = collate(gathered.trajectories, pad_id=self.pad_id)
+        batch = collate(gathered.trajectories, pad_id=self.pad_id).to(self.ctx.device)
         update_started = time.perf_counter()
         stats = train_step(algo, batch, self.ctx.models, temperature=rollout.temperature)
         update_s = time.perf_counter() - update_started
@@ -191,6 +192,7 @@ class Learner:
         REWARD_MEAN.labels(job).set(metrics["reward_mean"])
         KL.labels(job).set(metrics["kl"])
         ENTROPY.labels(job).set(metrics.get("entropy", 0.0))
+        VALID_SEARCH_RATIO.labels(job).set(metrics["valid_action_ratio"])
         for phase in ("rollout", "update", "weights"):
             STEP_SECONDS.labels(job, phase).set(metrics[f"{phase}_seconds"])
 

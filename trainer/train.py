@@ -100,7 +100,8 @@ def run_with_ray_train(config: dict[str, Any], spec: JobSpec) -> None:
 
 
 def ray_init_kwargs(settings: LearnerSettings) -> dict[str, Any]:
-    """Arguments of `ray.init`: join RAY_ADDRESS when set, else start a local cluster sized by the settings.
+    """Arguments of `ray.init`: join RAY_ADDRESS when set, else start a local cluster sized by the settings
+    (`address="local"`: never join some other cluster that happens to run on this machine).
 
     The workers get this process's SEARCHR1_* variables (Redis, key prefix, data folder, ...) either way: on a
     cluster they were started elsewhere and would not see them otherwise.
@@ -110,6 +111,7 @@ def ray_init_kwargs(settings: LearnerSettings) -> dict[str, Any]:
     address = os.environ.get("RAY_ADDRESS")
     if address:
         return {**kwargs, "address": address}
+    kwargs["address"] = "local"
     if settings.ray_num_cpus is not None:
         kwargs["num_cpus"] = settings.ray_num_cpus
     if settings.ray_object_store_mb is not None:
@@ -119,8 +121,8 @@ def ray_init_kwargs(settings: LearnerSettings) -> dict[str, Any]:
 
 def _fit(config: dict[str, Any], spec: JobSpec) -> None:
     from ray.train import RunConfig, ScalingConfig
-    from ray.train.v2.api.exceptions import WorkerGroupError
     from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.v2.api.exceptions import WorkerGroupError
 
     use_gpu = spec.resources.learner_gpus_per_node > 0
     trainer = TorchTrainer(

@@ -1,0 +1,222 @@
+"""The retrieval API (`python -m retriever.app`): Search-R1's `POST /retrieve`, our `POST /v1/search`,
+`/healthz`, `/readyz` (the index is loaded) and `/metrics`. Concurrent requests share encoder batches."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import uvicorn
+from fastapi import FastAPI, HTTPException, Response
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import make_asgi_app
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from retriever.batcher import Coalescer, OverloadedError
+from retriever.index import Hit
+from retriever.metrics import INDEX_PASSAGES, REQUEST_SECONDS, REQUESTS
+from retriever.schemas import RetrieveRequest, SearchRequest
+from retriever.search import Searcher, SearchItem, load_searcher
+from retriever.settings import RetrieverSettings
+from services.contracts import ContractError
+from services.telemetry import configure_logging
+
+log = logging.getLogger(__name__)
+
+_TIMED_PATHS = {"/retrieve", "/v1/search"}
+_MAX_ERRORS = 10  # per response, so a batch of 4096 over-long queries does not echo 4096 errors
+
+
+class _RequestMetrics:
+    """Pure ASGI middleware timing the search endpoints (cheaper than BaseHTTPMiddleware)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path not in _TIMED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            REQUEST_SECONDS.labels(path).observe(time.perf_counter() - started)
+            REQUESTS.labels(path, str(status)).inc()
+
+
+class _State:
+    def __init__(self, searcher: Searcher | None) -> None:
+        self.searcher = searcher
+        self.error: str | None = None
+        self.coalescer: Coalescer[SearchItem, list[Hit]] | None = None
+
+
+def create_app(settings: RetrieverSettings | None = None, searcher: Searcher | None = None) -> FastAPI:
+    """The API over `searcher`, or over the index `settings` points at, loaded in the background."""
+    settings = settings or RetrieverSettings.load()
+    state = _State(searcher)
+    owns_searcher = searcher is None
+
+    def run_batch(items: list[SearchItem]) -> list[list[Hit]]:
+        assert state.searcher is not None  # requests are only queued once it is loaded
+        return state.searcher.search_items(items)
+
+    async def load() -> None:
+        try:
+            state.searcher = await asyncio.to_thread(load_searcher, settings)
+            INDEX_PASSAGES.set(await asyncio.to_thread(state.searcher.index.count))
+            log.info("index loaded; ready")
+        except Exception as exc:
+            state.error = str(exc)
+            log.error("cannot load the index: %s", exc)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state.coalescer = Coalescer(
+            run_batch,
+            max_wait_s=settings.coalesce_wait_ms / 1000,
+            max_batch=settings.max_batch_queries,
+            max_pending=settings.max_pending_requests,
+        )
+        state.coalescer.start()
+        loader = asyncio.create_task(load()) if state.searcher is None else None
+        try:
+            yield
+        finally:
+            if loader is not None:
+                await loader
+            await state.coalescer.stop()
+            if owns_searcher and state.searcher is not None:
+                state.searcher.close()
+
+    app = FastAPI(title="searchr1 retriever", lifespan=lifespan)
+    app.add_middleware(_RequestMetrics)
+    app.mount("/metrics", make_asgi_app())
+
+    def check(queries: Sequence[str], topk: int) -> None:
+        errors: list[dict[str, Any]] = []
+        if len(queries) > settings.max_queries:
+            errors.append(
+                _error(("body", "queries"), f"at most {settings.max_queries} queries per request, got {len(queries)}")
+            )
+        if not 1 <= topk <= settings.max_topk:
+            errors.append(_error(("body", "topk"), f"topk must be between 1 and {settings.max_topk}, got {topk}"))
+        for i, query in enumerate(queries):
+            if len(query) > settings.max_query_chars:
+                message = f"query is {len(query)} characters long, the limit is {settings.max_query_chars}"
+                errors.append(_error(("body", "queries", i), message))
+                if len(errors) >= _MAX_ERRORS:
+                    break
+        if errors:
+            raise RequestValidationError(errors)
+
+    async def run(items: list[SearchItem]) -> list[list[Hit]]:
+        if state.searcher is None or state.coalescer is None:
+            raise HTTPException(503, f"index not loaded: {state.error or 'still loading'}")
+        try:
+            return await state.coalescer.submit(items)
+        except OverloadedError as exc:
+            raise HTTPException(503, str(exc)) from None
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return Response("ok\n")
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        if state.searcher is not None:
+            return Response("ready\n")
+        return Response(f"not ready: {state.error or 'loading the index'}\n", status_code=503)
+
+    @app.post("/retrieve")
+    async def retrieve(request: RetrieveRequest) -> dict[str, Any]:
+        """Search-R1's contract: `{"result": [[{"document": {"id", "contents"}, "score"}, ...], ...]}`, one list
+        per query; with `return_scores` false each element is the bare document."""
+        topk = settings.default_topk if request.topk is None else request.topk
+        check(request.queries, topk)
+        results = await run([SearchItem(q, topk, settings.default_mode) for q in request.queries])
+        if request.return_scores:
+            return {"result": [[{"document": _document(h), "score": h.score} for h in hits] for hits in results]}
+        return {"result": [[_document(h) for h in hits] for hits in results]}
+
+    @app.post("/v1/search")
+    async def search(request: SearchRequest) -> dict[str, Any]:
+        """Per query: the hits with passage id, title, text and score."""
+        mode = request.mode or settings.default_mode
+        check(request.queries, request.topk)
+        results = await run([SearchItem(q, request.topk, mode) for q in request.queries])
+        return {
+            "mode": mode,
+            "topk": request.topk,
+            "results": [
+                {
+                    "query": query,
+                    "hits": [
+                        {"id": h.passage.id, "title": h.passage.title, "text": h.passage.text, "score": h.score}
+                        for h in hits
+                    ],
+                }
+                for query, hits in zip(request.queries, results, strict=True)
+            ],
+        }
+
+    return app
+
+
+def _document(hit: Hit) -> dict[str, str]:
+    return {"id": hit.passage.id, "contents": hit.passage.contents}
+
+
+def _error(loc: tuple[str | int, ...], message: str) -> dict[str, Any]:
+    return {"type": "value_error", "loc": loc, "msg": message, "input": None}
+
+
+def serve(settings: RetrieverSettings | None = None, **overrides: Any) -> None:
+    """Run the API until SIGTERM/SIGINT. `overrides` are settings fields, e.g. `serve(index_dir=..., port=8000)`."""
+    settings = settings or RetrieverSettings.load(**overrides)
+    configure_logging(settings.log_level, settings.log_format)
+    if settings.encoder_threads is not None:
+        torch.set_num_threads(settings.encoder_threads)  # process-wide, so the batch thread uses it too
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, access_log=False, log_level="warning")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m retriever.app", description="Serve the retrieval API.")
+    parser.add_argument("--index", dest="index_dir", type=Path, help="index folder (default: SEARCHR1_INDEX_DIR)")
+    parser.add_argument("--qdrant-url", help="serve a collection of a Qdrant server instead")
+    parser.add_argument("--collection")
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--mode", dest="default_mode", choices=["dense", "sparse", "hybrid"])
+    parser.add_argument("--exact", action="store_true", default=None, help="exact (flat) dense search, no HNSW")
+    parser.add_argument("--threads", dest="encoder_threads", type=int, help="torch CPU threads (default: all)")
+    args = parser.parse_args(argv)
+    overrides = {key: value for key, value in vars(args).items() if value is not None}
+    try:
+        settings = RetrieverSettings.load(**overrides)
+    except ContractError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    serve(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The index manifest: what an index was built from and whether the build finished.
+
+It is written last (atomically, or as collection metadata on a Qdrant server), so an index is served only once
+its manifest says `complete`; while building it also records the last corpus line known to be durable.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from retriever.encoders import Bm25Params
+
+FORMAT_VERSION = 1
+
+
+class IndexManifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: int = FORMAT_VERSION
+    state: Literal["building", "complete"] = "building"
+    dense_model: str
+    dense_dim: int = Field(ge=1)
+    bm25: Bm25Params
+    corpus: str
+    corpus_fingerprint: str
+    limit: int | None = Field(None, description="the build stopped after this many passages (tests, benchmarks)")
+    committed_lines: int = Field(0, ge=0, description="corpus lines whose passages are durably in the index")
+    passages: int = Field(0, ge=0, description="points in the index when it was last committed")
+
+    def mismatch(self, other: IndexManifest) -> str | None:
+        """Why a build described by `other` cannot resume this one, or None if it can."""
+        for field in ("format", "dense_model", "dense_dim", "bm25", "corpus_fingerprint", "limit"):
+            mine, theirs = getattr(self, field), getattr(other, field)
+            if mine != theirs:
+                return f"the index was built with {field}={mine}, this build has {field}={theirs}"
+        return None
+
+
+class IndexNotReadyError(RuntimeError):
+    """The index is missing, half-built or unreadable; the message says what to do."""

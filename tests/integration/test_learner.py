@@ -1,0 +1,271 @@
+"""The learner end to end on a real Redis: a stand-in rollout tier (tiny model, HF generate, the announced weights),
+the real reward worker, and the real learner (`trainer.train.main`), in process and under Ray Train."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+from standin_rollout import Tiers
+
+from services.config import Settings
+from services.contracts import (
+    DataConfig,
+    JobEvent,
+    JobState,
+    RolloutRequest,
+    ScoredTrajectory,
+    Trajectory,
+    VersionSpan,
+    WeightsPublished,
+)
+from services.models import resolve_model
+from services.streams import DATA_FIELD, Streams, connect
+from trainer.collector import Collector
+from trainer.data import PromptStream, load_data
+from trainer.train import main
+from trainer.weights import folder_checksum, verify
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+pytestmark = pytest.mark.skipif(not (DATA / "train" / "train.jsonl").is_file(), reason=f"no training data in {DATA}")
+
+MODEL = "tiny-random-qwen2"
+EVAL_DATASET = "nq_open"  # the label of ../shared/data/eval/nq_test.jsonl's sources
+
+
+def job_spec(algorithm: str, total_steps: int, eval_questions: int = 0, **algo: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {"train": [{"path": "train/train.jsonl", "limit": 12}], "shuffle_seed": 7}
+    if eval_questions:
+        data["eval"] = [{"path": "eval/nq_test.jsonl", "limit": eval_questions}]
+    return {
+        "name": f"test-{algorithm}",
+        "model": MODEL,
+        "algorithm": {
+            "name": algorithm, "prompts_per_step": 2, "group_size": 2, "mini_batch_size": 2, "micro_batch_size": 2,
+            "actor_lr": 1e-3, "actor_warmup_ratio": 0.0, **algo,
+        },
+        "data": data,
+        "rollout": {"max_tokens_per_turn": 6, "max_prompt_tokens": 256, "max_context_tokens": 512,
+                    "request_timeout_s": 30},
+        "schedule": {"total_steps": total_steps, "save_interval": 1, "eval_interval": 100,
+                     "eval_before_train": bool(eval_questions)},
+    }  # fmt: skip
+
+
+@pytest.fixture
+def learner_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """SEARCHR1_* for a learner in this process: the test's Redis and prefix, the shared data folder."""
+    for key in [k for k in os.environ if k.startswith("SEARCHR1_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("SEARCHR1_REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("SEARCHR1_KEY_PREFIX", settings.key_prefix)
+    monkeypatch.setenv("SEARCHR1_DATA_DIR", str(DATA))
+    return settings
+
+
+@pytest.fixture
+def tiers(settings: Settings) -> Iterator[Tiers]:
+    with Tiers(settings, resolve_model(MODEL)) as running:
+        yield running
+
+
+def run_job(spec: dict[str, Any], job_id: str, output_dir: Path) -> int:
+    job_file = output_dir.parent / f"{job_id}-{spec['schedule']['total_steps']}.json"
+    job_file.write_text(json.dumps(spec))
+    return main(["--job", str(job_file), "--job-id", job_id, "--output-dir", str(output_dir), "--no-ray"])
+
+
+def read_stream(settings: Settings, job_id: str, channel: str) -> list[bytes]:
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        return [fields[DATA_FIELD] for _, fields in client.xrange(f"{settings.key_prefix}:job:{job_id}:{channel}")]
+    finally:
+        client.close()
+
+
+def events(settings: Settings, job_id: str) -> list[JobEvent]:
+    return [JobEvent.from_wire(data) for data in read_stream(settings, job_id, "events")]
+
+
+def announced(settings: Settings, job_id: str) -> list[WeightsPublished]:
+    return [WeightsPublished.from_wire(data) for data in read_stream(settings, job_id, "weights")]
+
+
+def of_kind(found: list[JobEvent], kind: str) -> list[JobEvent]:
+    return [event for event in found if event.event == kind]
+
+
+def assert_step_metrics(metrics: list[JobEvent], steps: list[int], trajectories: int) -> None:
+    assert [event.step for event in metrics] == steps
+    for event in metrics:
+        for key in ("reward_mean", "kl", "entropy", "policy_loss", "grad_norm", "rollout_seconds", "update_seconds"):
+            assert isinstance(event.data[key], float) and math.isfinite(event.data[key]), (key, event.data)
+        assert event.data["trajectories"] == trajectories
+        # Half the stand-in's samples answer with the gold: EM through the real reward worker gives 0.5.
+        assert event.data["reward_mean"] == pytest.approx(0.5)
+        assert event.data["dropped_stale"] == 0 and event.data["staleness"] == 0
+        assert abs(event.data["behaviour_kl"]) < 1e-3, "the learner recomputes the behaviour logprobs it was sent"
+
+
+def train_uids(tiers: Tiers, job_id: str, version: int) -> list[str]:
+    assert tiers.rollout is not None
+    return [r.prompt_uid for r in tiers.rollout.requests if r.job_id == job_id and not r.is_eval
+            and r.policy_version == version]  # fmt: skip
+
+
+def test_grpo_job_trains_evaluates_checkpoints_and_resumes(learner_env: Settings, tiers: Tiers, tmp_path: Path) -> None:
+    settings, job_id, output = learner_env, "grpo-job", tmp_path / "out"
+    assert run_job(job_spec("grpo", total_steps=2, eval_questions=2), job_id, output) == 0
+
+    first = events(settings, job_id)
+    states = of_kind(first, "state")
+    assert [(e.state, e.message) for e in states] == [(JobState.RUNNING, ""), (JobState.SUCCEEDED, "trained 2 steps")]
+    assert first[0].event == "state" and first[-1].state == JobState.SUCCEEDED
+    evals = of_kind(first, "eval")
+    assert [e.step for e in evals] == [0, 2], "eval before training and after the last step"
+    for event in evals:
+        assert set(event.data) == {f"eval_em/{EVAL_DATASET}"}
+        assert event.data[f"eval_em/{EVAL_DATASET}"] == 1.0, "greedy eval samples answer with the gold"
+    assert_step_metrics(of_kind(first, "metrics"), [1, 2], trajectories=4)
+    checkpoints = of_kind(first, "checkpoint")
+    assert [e.step for e in checkpoints] == [1, 2]
+    for event in checkpoints:
+        folder = Path(str(event.data["path"]))
+        assert (folder / "policy" / "model.safetensors").is_file() and (folder / "trainer_state.pt").is_file()
+        assert json.loads((folder / "progress.json").read_text())["step"] == event.step
+    weights = announced(settings, job_id)
+    assert [(w.version, w.step) for w in weights] == [(1, 1), (2, 2)]
+    assert len({verify(w) for w in weights}) == 2, "both kept versions verify against their checksums"
+    base = folder_checksum(Path(resolve_model(MODEL)))
+    assert len({base, *(w.checksum for w in weights)}) == 3, "every step changes the policy"
+    assert tiers.rollout is not None
+    served = tiers.rollout.served_versions
+    assert all(served[r.msg_id] == r.policy_version for r in tiers.rollout.requests), "sampled with stale weights"
+    assert read_stream(settings, job_id, "scored") == [], "settled trajectories are trimmed from Redis"
+    step1, step2 = train_uids(tiers, job_id, 0), train_uids(tiers, job_id, 1)
+    assert len(step1) == len(step2) == 2 and not set(step1) & set(step2)
+
+    # Resume: the same output folder with a longer schedule continues at step 2 and does exactly one more step.
+    assert run_job(job_spec("grpo", total_steps=3, eval_questions=2), job_id, output) == 0
+    second = events(settings, job_id)[len(first) :]
+    states = of_kind(second, "state")
+    assert [(e.state, e.message) for e in states] == [
+        (JobState.RUNNING, "resumed at step 2"), (JobState.SUCCEEDED, "trained 3 steps"),
+    ]  # fmt: skip
+    assert_step_metrics(of_kind(second, "metrics"), [3], trajectories=4)
+    assert [e.step for e in of_kind(second, "eval")] == [3], "no eval before training when resuming"
+    assert [e.step for e in of_kind(second, "checkpoint")] == [3]
+    weights = announced(settings, job_id)[2:]
+    assert [(w.version, w.step) for w in weights] == [(2, 2), (3, 3)], "the resumed policy is announced first"
+    verify(weights[-1])
+    # The data position continues: step 3 samples the sampler's third batch, not a fresh run's first.
+    step3 = train_uids(tiers, job_id, 2)
+    expected = PromptStream(load_data(DataConfig(**job_spec("grpo", 3)["data"]), base_dir=DATA).train, seed=7)
+    batches = [[e.uid for e in expected.next_batch(2)] for _ in range(3)]
+    assert [step1, step2, step3] == batches
+    assert not set(step3) & set(step1)
+
+
+def test_ppo_job_trains_with_a_critic(learner_env: Settings, tiers: Tiers, tmp_path: Path) -> None:
+    spec = job_spec("ppo", total_steps=1, critic_lr=1e-3, critic_warmup_ratio=0.0, micro_batch_size=1)
+    assert run_job(spec, "ppo-job", tmp_path / "out") == 0
+    found = events(learner_env, "ppo-job")
+    assert [e.state for e in of_kind(found, "state")] == [JobState.RUNNING, JobState.SUCCEEDED]
+    [metrics] = of_kind(found, "metrics")
+    assert_step_metrics([metrics], [1], trajectories=4)
+    assert math.isfinite(metrics.data["value_loss"]) and metrics.data["kl"] == metrics.data["kl_in_reward"]
+    assert [w.version for w in announced(learner_env, "ppo-job")] == [1]
+
+
+def test_missing_trajectories_fail_the_job_with_a_clear_timeout(learner_env: Settings, tmp_path: Path) -> None:
+    spec = job_spec("grpo", total_steps=1)
+    spec["rollout"]["request_timeout_s"] = 0.3  # no rollout tier runs: give up after 0.9 s
+    started = time.monotonic()
+    assert run_job(spec, "lonely-job", tmp_path / "out") == 1
+    assert time.monotonic() - started < 30
+    [running, failed] = of_kind(events(learner_env, "lonely-job"), "state")
+    assert running.state == JobState.RUNNING and failed.state == JobState.FAILED
+    assert failed.message.startswith("TimeoutError: job lonely-job: 4 trajectories still missing after 0.9s")
+    assert "are the rollout and reward tiers running?" in failed.message
+
+
+def scored(request: RolloutRequest, version: int, request_id: str | None = None) -> ScoredTrajectory:
+    n = 3
+    trajectory = Trajectory(
+        job_id=request.job_id, request_id=request_id or request.msg_id, prompt_uid=request.prompt_uid,
+        prompt_ids=request.prompt_ids, response_ids=np.arange(n), loss_mask=np.ones(n, dtype=np.uint8),
+        logprobs=np.zeros(n), version_spans=[VersionSpan(start=0, end=n, version=version)],
+        golden_answers=["x"],
+    )  # fmt: skip
+    return ScoredTrajectory(trajectory=trajectory, reward=1.0)
+
+
+def test_a_too_stale_trajectory_is_dropped_and_its_sample_requested_again(settings: Settings) -> None:
+    async def go() -> None:
+        streams = Streams(connect(settings), settings)
+        collector = Collector(streams, "stale-job")
+        await collector.start()
+        request = RolloutRequest(job_id="stale-job", prompt_uid="s:1", prompt_ids=[1, 2, 3], policy_version=1)
+        await collector.send([request])
+        scored_stream = streams.job("stale-job", "scored")
+        stale = scored(request, version=0)
+        await streams.publish(scored_stream, stale)
+        await streams.publish(scored_stream, stale)  # redelivered: dropped once, re-requested once
+        gathering = asyncio.create_task(collector.gather([request], current_version=1, max_staleness=0))
+        while await streams.redis.xlen(streams.rollout) < 2:
+            await asyncio.sleep(0.05)
+        rows = await streams.redis.xrange(streams.rollout)
+        again = RolloutRequest.from_wire(rows[-1][1][DATA_FIELD])
+        assert again.msg_id != request.msg_id, "a fresh id: the rollout tier commits each id once"
+        assert (again.prompt_uid, again.n_samples, again.policy_version) == ("s:1", 1, 1)
+        fresh = scored(request, version=1, request_id=again.msg_id)
+        await streams.publish(scored_stream, fresh)
+        gathered = await asyncio.wait_for(gathering, 10)
+        assert [s.msg_id for s in gathered.trajectories] == [fresh.msg_id]
+        assert (gathered.dropped_stale, gathered.resent) == (1, 1)
+        assert await streams.redis.xlen(streams.rollout) == 2
+
+        # One version behind is fine when the job allows it.
+        newer = RolloutRequest(job_id="stale-job", prompt_uid="s:2", prompt_ids=[1, 2, 3], policy_version=2)
+        late = scored(newer, version=1)
+        await streams.publish(scored_stream, late)
+        gathered = await collector.gather([newer], current_version=2, max_staleness=1, timeout_s=10)
+        assert [s.msg_id for s in gathered.trajectories] == [late.msg_id] and gathered.dropped_stale == 0
+
+        with pytest.raises(TimeoutError, match=r"1 trajectories still missing after 0.5s; are the rollout"):
+            await collector.gather([newer.model_copy(update={"msg_id": "lost"})], 2, 0, timeout_s=0.5)
+        await streams.redis.aclose()
+
+    asyncio.run(go())
+
+
+@pytest.mark.slow
+def test_the_entrypoint_trains_under_ray_train(worker_env: dict[str, str], settings: Settings, tiers: Tiers,
+                                               tmp_path: Path) -> None:  # fmt: skip
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps(job_spec("grpo", total_steps=1)))
+    env = dict(worker_env, SEARCHR1_DATA_DIR=str(DATA), SEARCHR1_RAY_NUM_CPUS="2", SEARCHR1_RAY_OBJECT_STORE_MB="200",
+               RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")  # fmt: skip
+    env.pop("RAY_ADDRESS", None)
+    command = [sys.executable, "-m", "trainer.train", "--job", str(job_file), "--job-id", "ray-job",
+               "--output-dir", str(tmp_path / "out")]  # fmt: skip
+    process = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)  # ~60 s when idle
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-5000:]
+    found = events(settings, "ray-job")
+    assert [e.state for e in of_kind(found, "state")] == [JobState.RUNNING, JobState.SUCCEEDED]
+    assert_step_metrics(of_kind(found, "metrics"), [1], trajectories=4)
+    [published] = announced(settings, "ray-job")
+    assert published.version == 1
+    verify(published)
+    assert (tmp_path / "out" / "ray").is_dir(), "Ray Train's run folder sits in the job's output folder"

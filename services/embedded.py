@@ -18,6 +18,8 @@ from pathlib import Path
 
 import httpx
 
+from services.processes import group_alive, pid_alive, reap
+
 STATE_FILE = "platform.json"
 
 
@@ -56,7 +58,7 @@ class EmbeddedPlatform:
         if not self.state_file.exists():
             return []
         recorded = [RunningService(**entry) for entry in json.loads(self.state_file.read_text())["services"]]
-        return [service for service in recorded if _group_alive(service.pid)]
+        return [service for service in recorded if group_alive(service.pid)]
 
     def up(self, specs: list[ServiceSpec], progress: bool = True) -> list[RunningService]:
         """Start each service in order and wait until it is healthy; on any failure stop what was started."""
@@ -104,7 +106,7 @@ class EmbeddedPlatform:
         started = time.monotonic()
         deadline = started + spec.startup_timeout_s
         while True:
-            if not _pid_alive(service.pid):
+            if not pid_alive(service.pid):
                 raise PlatformError(
                     f"{spec.name} exited during start-up; last lines of {service.log}:\n{_tail(service.log)}"
                 )
@@ -125,12 +127,12 @@ class EmbeddedPlatform:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(service.pid, signal.SIGTERM)
             deadline = time.monotonic() + timeout_s
-            while _group_alive(service.pid) and time.monotonic() < deadline:
-                _reap(service.pid)
+            while group_alive(service.pid) and time.monotonic() < deadline:
+                reap(service.pid)
                 time.sleep(0.1)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(service.pid, signal.SIGKILL)
-            _reap(service.pid)
+            reap(service.pid)
 
     def _record(self, services: list[RunningService]) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -144,29 +146,6 @@ def _healthy(url: str) -> bool:
         return httpx.get(url, timeout=2.0).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-def _reap(pid: int) -> None:
-    """Collect our own exited child so it does not linger as a zombie (and look alive)."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
-
-
-def _pid_alive(pid: int) -> bool:
-    _reap(pid)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _tail(path: str, lines: int = 20) -> str:

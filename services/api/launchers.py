@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from services.contracts import JobState
+from services.processes import group_alive, pid_alive
 
 from .store import JobRecord
 
@@ -81,7 +82,7 @@ class LocalLauncher:
         process = self._children.get(job.id)
         if process is None:  # started by an earlier API process: all we can check is the pid
             pid = int(job.handle.get("pid", 0))
-            if pid and _pid_alive(pid):
+            if pid and pid_alive(pid):
                 return LaunchStatus(JobState.RUNNING)
             return LaunchStatus(JobState.FAILED, "learner process is gone (the API restarted while it ran)")
         code = process.poll()
@@ -100,7 +101,7 @@ class LocalLauncher:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and _group_alive(pid):
+        while time.monotonic() < deadline and group_alive(pid):
             if process is not None:
                 process.poll()
             await asyncio.sleep(0.1)
@@ -108,21 +109,3 @@ class LocalLauncher:
             os.killpg(pid, signal.SIGKILL)
         if process is not None:
             process.wait()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
 from support import ApiServer, wait_until
+
+from services.processes import group_alive
 
 
 def tiny_job(steps: int = 3, name: str = "tiny") -> dict:
@@ -70,7 +71,7 @@ def test_one_job_at_a_time_fifo_and_cancel_ends_the_process_tree(api: ApiServer)
     pid = running_pid(api, first["id"])
     cancelled = api.client.post(f"/v1/jobs/{first['id']}/cancel").json()
     assert cancelled["state"] == "CANCELLED"
-    wait_until(lambda: not _alive(pid), 15, "the learner process to end")
+    wait_until(lambda: not group_alive(pid), 15, "the learner process to end")
     api.wait_state(second["id"], "RUNNING", timeout_s=30)
     assert api.client.post(f"/v1/jobs/{first['id']}/cancel").status_code == 409
     assert running["started_at"] is not None
@@ -93,11 +94,3 @@ def running_pid(api: ApiServer, job_id: str) -> int:
     client = redis.Redis.from_url(api.env["SEARCHR1_REDIS_URL"])
     raw = client.hget(f"{api.env['SEARCHR1_KEY_PREFIX']}:jobs:{job_id}", "handle")
     return int(json.loads(raw)["pid"])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.killpg(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

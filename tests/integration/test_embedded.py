@@ -9,15 +9,8 @@ from pathlib import Path
 import pytest
 
 from services.embedded import EmbeddedPlatform, PlatformError, ServiceSpec
+from services.processes import group_alive
 from services.redis_server import free_port
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.killpg(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_up_health_checks_and_down_stops_only_what_it_started(worker_env, tmp_path: Path) -> None:
@@ -46,8 +39,8 @@ def test_up_health_checks_and_down_stops_only_what_it_started(worker_env, tmp_pa
     finally:
         stopped = platform.down()
     assert stopped == ["reward", "api"]
-    assert not any(_alive(s.pid) for s in started)
-    assert _alive(os.getpgid(bystander)) and platform.running() == []
+    assert not any(group_alive(s.pid) for s in started)
+    assert group_alive(os.getpgid(bystander)) and platform.running() == []
     assert (tmp_path / "run" / "logs" / "api.log").read_text()
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import httpx
 
@@ -60,3 +65,35 @@ class ApiServer:
             lambda: self.client.get(f"/v1/jobs/{job_id}").json()["state"] == state, timeout_s, f"{job_id} {state}"
         )
         return self.client.get(f"/v1/jobs/{job_id}").json()
+
+
+@contextlib.contextmanager
+def fake_retriever(docs: Sequence[tuple[str, str]]) -> Iterator[dict[str, Any]]:
+    """A local `POST /retrieve` server (the Search-R1 contract) answering `docs` (id, contents) to every query
+    and recording each request body; yields {"url", "requests"}."""
+    state: dict[str, Any] = {"requests": []}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            state["requests"].append(body)
+            ranked = [{"document": {"id": i, "contents": c}, "score": 1.0 - n / 10} for n, (i, c) in enumerate(docs)]
+            payload = json.dumps({"result": [ranked[: body["topk"]] for _ in body["queries"]]}).encode()
+            self.send_response(200 if self.path == "/retrieve" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state["url"] = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -17,16 +17,15 @@ Loading it into a running engine changes its greedy output, and an episode on it
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import threading
 from collections.abc import Coroutine, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import pytest
+from support import fake_retriever
 
 from rollout.agent import INFO_CLOSE, Agent, AgentConfig, HFTextCodec
 from rollout.engines.base import SamplingOptions
@@ -137,36 +136,8 @@ def reference_model(tiny_model: Path) -> Any:
 
 @pytest.fixture(scope="module")
 def retriever_server() -> Iterator[dict[str, Any]]:
-    """A local `POST /retrieve` server (the Search-R1 contract) recording every request body."""
-    state: dict[str, Any] = {"requests": []}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            state["requests"].append(body)
-            result = [
-                [{"document": {"id": i, "contents": c}, "score": 1.0 - n / 10} for n, (i, c) in enumerate(DOCS)][
-                    : body["topk"]
-                ]
-                for _ in body["queries"]
-            ]
-            payload = json.dumps({"result": result}).encode()
-            self.send_response(200 if self.path == "/retrieve" else 404)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    state["url"] = f"http://127.0.0.1:{server.server_address[1]}"
-    yield state
-    server.shutdown()
-    server.server_close()
+    with fake_retriever(DOCS) as state:
+        yield state
 
 
 def chat_prompt(tokenizer: Any, question: str = "what is the capital of France") -> list[int]:

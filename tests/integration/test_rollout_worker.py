@@ -1,0 +1,78 @@
+"""The rollout tier's queue worker with a real engine (HF, tiny model), a Search-R1 retriever on loopback and
+real Redis: requests in, trajectories out; weights announced by a job are loaded before its requests run."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support import fake_retriever
+
+from rollout.engines.hf import HFEngine
+from rollout.worker import RolloutSettings, RolloutWorker
+from services.config import Settings
+from services.contracts import RolloutRequest, SamplingParams, Trajectory
+from services.models import resolve_model
+from services.prompts import build_prompt_ids
+from services.streams import Streams, connect
+from trainer.weights import save_version
+
+DOCS = [("1", '"Paris"\nParis is the capital of France.'), ("2", '"Lyon"\nLyon is a city in France.')]
+
+
+@pytest.fixture(scope="module")
+def engine() -> HFEngine:
+    return HFEngine(resolve_model("tiny-random-qwen2"), max_model_len=512)
+
+
+def request(engine: HFEngine, job: str, version: int, n: int = 2) -> RolloutRequest:
+    prompt = build_prompt_ids(engine.tokenizer, "what is the capital of France")
+    return RolloutRequest(
+        job_id=job, prompt_uid="nq:1", prompt_ids=np.asarray(prompt), n_samples=n, policy_version=version,
+        golden_answers=["Paris"], data_source="nq:test:x", max_turns=2, max_context_tokens=512,
+        sampling=SamplingParams(temperature=1.0, max_tokens_per_turn=24),
+    )  # fmt: skip
+
+
+def test_requests_become_trajectories_and_new_versions_are_loaded_first(
+    engine: HFEngine, settings: Settings, tmp_path: Path
+) -> None:
+    async def scenario() -> tuple[list[Trajectory], int, list[str]]:
+        with fake_retriever(DOCS) as retriever:
+            rollout_settings = RolloutSettings(
+                **settings.model_dump(), engine="hf", retriever_url=retriever["url"], concurrency=4
+            )
+            worker = RolloutWorker(rollout_settings, engine)
+            streams = Streams(connect(settings), settings)
+            await streams.ensure_group(streams.reward, "reward")
+            task = asyncio.create_task(worker.run())
+            await streams.publish(streams.rollout, request(engine, "job-a", version=0, n=3))
+            # The learner announces v1 before asking for it; the worker must load it before sampling.
+            announced = save_version(engine.model, engine.tokenizer, tmp_path, "job-a", 1, step=1)
+            await streams.publish(streams.job("job-a", "weights"), announced)
+            await streams.publish(streams.rollout, request(engine, "job-a", version=1, n=2))
+            trajectories: list[Trajectory] = []
+            for _ in range(600):
+                entries = await streams.read(streams.reward, "reward", "test", Trajectory, count=10, block_ms=100)
+                trajectories += [e.message for e in entries]
+                if len(trajectories) >= 5:
+                    break
+            worker.stop()
+            await asyncio.wait_for(task, 60)
+            version = worker.engine.version
+            await worker.close()
+            return trajectories, version, [r["queries"] for r in retriever["requests"]]
+
+    trajectories, engine_version, _ = asyncio.run(scenario())
+    assert len(trajectories) == 5
+    by_version = sorted(t.oldest_version for t in trajectories)
+    assert by_version == [0, 0, 0, 1, 1] and engine_version == 1
+    for trajectory in trajectories:
+        assert trajectory.job_id == "job-a" and trajectory.golden_answers == ["Paris"]
+        assert trajectory.response_ids.size == trajectory.loss_mask.size == trajectory.logprobs.size
+        model = trajectory.loss_mask.astype(bool)
+        assert np.isfinite(trajectory.logprobs[model]).all() and (trajectory.logprobs[~model] == 0).all()
+        assert trajectory.turns >= 1
+        assert trajectory.response_text == engine.tokenizer.decode(trajectory.response_ids.tolist())

@@ -103,6 +103,12 @@ def create_api(worker: RolloutWorker) -> FastAPI:
     return app
 
 
+def replica_env(settings: RolloutSettings) -> dict[str, str]:
+    """Replicas run in Ray worker processes, which inherit the Ray node's environment, not this process's."""
+    passed = {k: v for k, v in os.environ.items() if k.startswith(("VLLM_", "HF_", "SEARCHR1_MODEL_CACHE"))}
+    return {**passed, "OMP_NUM_THREADS": str(settings.omp_threads)}
+
+
 def build_app(settings: RolloutSettings) -> Any:
     """The Serve application: replicas of one deployment, each an engine plus a queue consumer."""
     from ray import serve
@@ -116,7 +122,7 @@ def build_app(settings: RolloutSettings) -> Any:
         ray_actor_options={
             "num_cpus": settings.replica_cpus,
             "num_gpus": settings.replica_gpus,
-            "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(settings.omp_threads)}},
+            "runtime_env": {"env_vars": replica_env(settings)},
         },
         max_ongoing_requests=64,
         health_check_period_s=10,

@@ -38,6 +38,7 @@ class RolloutSettings(Settings):
     engine: Literal["vllm", "hf"] = "vllm"
     dtype: str = "float32"
     max_model_len: int = Field(4096, ge=64)
+    kv_cache_gib: float = Field(2.0, gt=0, description="KV cache of the engine; on CPU, host memory it reserves")
     retriever_url: str = "http://127.0.0.1:8000"
     retriever_timeout_s: float = Field(30.0, gt=0)
     group: str = "rollout"
@@ -56,7 +57,12 @@ async def build_engine(settings: RolloutSettings) -> Engine:
         from rollout.engines.vllm import VLLMEngine
 
         return await VLLMEngine.create(
-            settings.model, dtype=settings.dtype, max_model_len=settings.max_model_len, enforce_eager=True
+            settings.model,
+            dtype=settings.dtype,
+            max_model_len=settings.max_model_len,
+            enforce_eager=True,
+            # An explicit size: otherwise vLLM's CPU backend wants 92% of the machine's memory free at start.
+            engine_kwargs={"kv_cache_memory_bytes": int(settings.kv_cache_gib * 2**30)},
         )
     from rollout.engines.hf import HFEngine
 

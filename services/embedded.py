@@ -244,7 +244,6 @@ def platform_specs(config: PlatformConfig, redis_url: str) -> list[ServiceSpec]:
                 "SEARCHR1_HTTP_PORT": str(config.rollout_port),
                 "SEARCHR1_MAX_MODEL_LEN": str(config.max_model_len),
                 "RAY_AUTH_MODE": "disabled",
-                "VLLM_CPU_KVCACHE_SPACE": "2",
             },
             startup_timeout_s=600,
         ),

@@ -46,13 +46,17 @@ class GenerateQuery(BaseModel):
 
 async def answer(worker: RolloutWorker, query: AgentQuery) -> dict[str, Any]:
     """Answer one question with the weights the engine holds now; the whole episode comes back."""
+    context = min(4096, worker.engine.max_model_len or 4096)  # the reference's caps, within the engine's length
     request = RolloutRequest(
         job_id="adhoc", prompt_uid="adhoc",
-        prompt_ids=np.asarray(build_prompt_ids(worker.engine.tokenizer, query.question)),
-        max_turns=query.max_turns, topk=query.topk,
-        sampling={"temperature": query.temperature, "top_p": 1.0, "max_tokens_per_turn": 500},
+        prompt_ids=np.asarray(build_prompt_ids(worker.engine.tokenizer, query.question, context // 2)),
+        max_turns=query.max_turns, topk=query.topk, max_context_tokens=context, max_obs_tokens=min(500, context // 4),
+        sampling={"temperature": query.temperature, "top_p": 1.0, "max_tokens_per_turn": min(500, context // 4)},
     )  # fmt: skip
-    [trajectory] = await worker.agent.run_request(request)
+    try:
+        [trajectory] = await worker.agent.run_request(request)
+    except ValueError as exc:  # e.g. a question too long for the engine's context
+        raise HTTPException(422, str(exc)) from None
     return {
         "question": query.question,
         "trace": trajectory.response_text,
@@ -172,7 +176,8 @@ def main() -> None:
     configure_logging(settings.log_level, settings.log_format)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=True)
+        # Without RAY_ADDRESS start a cluster of our own ("local"): never join a stale one by accident.
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False, log_to_driver=True)
     serve.start(http_options={"host": settings.http_host, "port": settings.http_port})
     serve.run(build_app(settings), name="rollout", route_prefix="/", blocking=False)
     log.info("rollout tier serving on http://%s:%d", settings.http_host, settings.http_port)

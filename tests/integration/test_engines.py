@@ -248,7 +248,10 @@ def test_hf_reload_changes_output_and_an_episode_runs_end_to_end(
     episodes, _ = loop.run(run_episodes(hf_engine, tokenizer, retriever_server["url"], 2))
     for episode in episodes:
         check_episode(episode, tokenizer, version)
-    assert [q for body in retriever_server["requests"][seen:] for q in body["queries"]] == ["capital"]
+    # The HF engine serves one request at a time, so whether the two searches share one HTTP request depends on
+    # timing; batching is asserted where episodes really run concurrently (the vLLM test and the unit tests).
+    sent = [q for body in retriever_server["requests"][seen:] for q in body["queries"]]
+    assert set(sent) == {"capital"} and 1 <= len(sent) <= len(episodes)
 
 
 @pytest.mark.skipif(

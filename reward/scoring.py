@@ -14,13 +14,14 @@ Conventions (see shared/notes/SEARCH-R1.md, "Reward"):
 
 from __future__ import annotations
 
-import math
 import re
 import string
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from enum import StrEnum
+
+from services.contracts import FormatScoreConfig
 
 __all__ = [
     "FormatCheck",
@@ -218,28 +219,8 @@ def is_valid_format(response: str) -> bool:
 # Rewards
 
 
-@dataclass(frozen=True)
-class FormatScores:
-    """Scores of the format-aware reward; defaults are those of the reference's second paper.
-
-    Field names match ``services.contracts.FormatScoreConfig``. ``retrieval_bonus`` (default 0, as in the
-    reference) is added to a wrong or missing answer in a valid response whose retrieved passages contain a
-    gold answer.
-    """
-
-    correct_valid: float = 1.0
-    correct_invalid: float = 0.8
-    wrong_valid: float = 0.2
-    wrong_invalid: float = 0.1
-    no_answer_valid: float = 0.2
-    no_answer_invalid: float = 0.0
-    retrieval_bonus: float = 0.0
-
-    def __post_init__(self) -> None:
-        for field in fields(self):
-            value = getattr(self, field.name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise ValueError(f"FormatScores.{field.name} must be a finite number, got {value!r}")
+# The scores are part of the job's contract (RewardConfig.format_scores); one model serves both.
+FormatScores = FormatScoreConfig
 
 
 def format_reward(response: str, golden_answers: GoldenAnswers, scores: FormatScores | None = None) -> float:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from pydantic import Field
 
-from reward.scoring import FormatScores, check_format, extract_answer, retrieval_hit, score
+from reward.scoring import check_format, extract_answer, retrieval_hit, score
 from services.config import Settings
 from services.contracts import ScoredTrajectory, Trajectory
 from services.streams import Output, Streams, connect
@@ -51,7 +51,7 @@ def score_trajectory(trajectory: Trajectory) -> ScoredTrajectory:
         raise PermanentError(f"trajectory {trajectory.msg_id} of job {trajectory.job_id} has no golden answers")
     config = trajectory.reward
     text = trajectory.response_text
-    reward = score(text, trajectory.golden_answers, config.kind, FormatScores(**config.format_scores.model_dump()))
+    reward = score(text, trajectory.golden_answers, config.kind, config.format_scores)
     return ScoredTrajectory(
         trajectory=trajectory,
         reward=reward,

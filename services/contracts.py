@@ -133,6 +133,10 @@ class Message(_Strict):
 
 
 class FormatScoreConfig(_Strict):
+    """Scores of the format-aware reward (defaults: the reference's second paper); the reward tier scores with it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
     correct_valid: float = 1.0
     correct_invalid: float = 0.8
     wrong_valid: float = 0.2

@@ -7,6 +7,7 @@ import string
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from reward.scoring import (
     FormatCheck,
@@ -316,7 +317,7 @@ def test_format_scores_defaults_and_frozen() -> None:
     s = FormatScores()
     assert (s.correct_valid, s.correct_invalid, s.wrong_valid, s.wrong_invalid) == (1.0, 0.8, 0.2, 0.1)
     assert (s.no_answer_valid, s.no_answer_invalid, s.retrieval_bonus) == (0.2, 0.0, 0.0)
-    with pytest.raises(AttributeError):
+    with pytest.raises(ValidationError, match="frozen"):
         s.correct_valid = 2.0  # type: ignore[misc]
 
 

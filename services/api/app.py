@@ -173,19 +173,18 @@ def create_app(settings: ApiSettings) -> FastAPI:
     async def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
         return (await request.app.state.scheduler.cancel(job_id)).to_api()
 
+    async def steps_of(request: Request, job_id: str, kind: str) -> list[dict[str, Any]]:
+        """The job's events of one kind, each as {step, **data} (404 for an unknown job)."""
+        await store(request).get(job_id)
+        return [{"step": e.step, **e.data} for _, e in await store(request).events(job_id) if e.event == kind]
+
     @app.get("/v1/jobs/{job_id}/metrics", dependencies=[Depends(authorize)])
     async def job_metrics(request: Request, job_id: str) -> dict[str, Any]:
-        await store(request).get(job_id)
-        events = await store(request).events(job_id)
-        history = [{"step": e.step, **e.data} for _, e in events if e.event == "metrics"]
-        return {"job_id": job_id, "history": history}
+        return {"job_id": job_id, "history": await steps_of(request, job_id, "metrics")}
 
     @app.get("/v1/jobs/{job_id}/checkpoints", dependencies=[Depends(authorize)])
     async def job_checkpoints(request: Request, job_id: str) -> dict[str, Any]:
-        await store(request).get(job_id)
-        events = await store(request).events(job_id)
-        checkpoints = [{"step": e.step, **e.data} for _, e in events if e.event == "checkpoint"]
-        return {"job_id": job_id, "checkpoints": checkpoints}
+        return {"job_id": job_id, "checkpoints": await steps_of(request, job_id, "checkpoint")}
 
     @app.get("/v1/jobs/{job_id}/events", dependencies=[Depends(authorize)])
     async def job_events(request: Request, job_id: str, follow: bool = True) -> StreamingResponse:

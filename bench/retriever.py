@@ -18,7 +18,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,10 +30,10 @@ from typing import Any
 import httpx
 import numpy as np
 
+from bench.qa import ROOT, answer_recall, corpus_subset, load_questions, require_shared_data
 from retriever.schemas import RetrieveRequest
+from services.redis_server import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
 WORK = ROOT / "var" / "bench-retriever"
 CONFIGS = [(1, 1), (16, 1), (64, 1), (1, 64), (16, 64)]  # (concurrent clients, queries per request)
 WIKIPEDIA_PASSAGES = 21_000_000
@@ -102,13 +101,7 @@ def serve_baseline(corpus: Path, cache: Path, port: int) -> None:
 # Driving the servers
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _start(command: list[str], url: str, threads: int | None) -> tuple[subprocess.Popen, float]:
+def start_server(command: list[str], url: str, threads: int | None) -> tuple[subprocess.Popen, float]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEARCHR1_")}
     env.update(HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     if threads is not None:  # torch (OpenMP) and numpy (OpenBLAS) alike
@@ -126,7 +119,7 @@ def _start(command: list[str], url: str, threads: int | None) -> tuple[subproces
         time.sleep(0.2)
 
 
-def _stop(process: subprocess.Popen) -> None:
+def stop_server(process: subprocess.Popen) -> None:
     process.send_signal(signal.SIGTERM)
     try:
         process.wait(timeout=30)
@@ -197,16 +190,6 @@ def _answers(url: str, questions: list[dict[str, Any]]) -> list[list[str]]:
     return ids
 
 
-def _recall(ids: list[list[str]], questions: list[dict[str, Any]], texts: dict[str, str]) -> float:
-    from reward.scoring import normalize_answer
-
-    hits = 0
-    for found, question in zip(ids, questions, strict=True):
-        golds = [f" {normalize_answer(a)} " for a in question["golden_answers"]]
-        hits += any(g in f" {normalize_answer(texts[i])} " for i in found for g in golds)
-    return hits / len(questions)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.retriever", description=__doc__.split("\n")[0])
     parser.add_argument("--passages", type=int, default=2000, help="corpus subset size (the first N passages)")
@@ -227,25 +210,16 @@ def main(argv: list[str] | None = None) -> int:
         serve_baseline(args.corpus, args.cache, args.port)
         return 0
 
-    corpus_file = SHARED_DATA / "corpus" / "corpus.jsonl"
-    if not corpus_file.is_file():
-        print(f"the shared corpus is missing: {corpus_file}", file=sys.stderr)
-        return 2
+    require_shared_data()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from retriever.build import build_index
     from retriever.corpus import read_corpus
 
-    WORK.mkdir(parents=True, exist_ok=True)
+    corpus = corpus_subset(args.passages, WORK)
     cache = WORK / "embeddings.sqlite"  # kept between runs: a second run encodes nothing
-    corpus = WORK / f"corpus-{args.passages}.jsonl"
-    with corpus_file.open() as src, corpus.open("w") as dst:
-        for i, line in enumerate(src):
-            if i == args.passages:
-                break
-            dst.write(line)
     texts = {r.passage.id: r.passage.contents for r in read_corpus(corpus)}
-    nq = [json.loads(line) for line in (SHARED_DATA / "eval" / "nq_test.jsonl").read_text().splitlines()]
-    load_questions = [q["question"] for q in nq]
+    nq = load_questions("nq")
+    load_texts = [q["question"] for q in nq]
 
     print(f"retriever benchmark: {len(texts)} passages, all-MiniLM-L6-v2, {os.cpu_count()} CPUs", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-retriever-") as tmp:
@@ -260,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             f"on disk {index_bytes / report.passages:.0f} B/passage",
             flush=True,
         )
-        url_ours, url_base = f"http://127.0.0.1:{_free_port()}", f"http://127.0.0.1:{_free_port()}"
+        url_ours, url_base = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
         ours_cmd = [sys.executable, "-m", "retriever.app", "--index", str(index_dir), "--exact",
                     "--port", url_ours.rsplit(":", 1)[1]]  # fmt: skip
         base_cmd = [sys.executable, "-m", "bench.retriever", "--serve-baseline", "--corpus", str(corpus),
@@ -268,16 +242,16 @@ def main(argv: list[str] | None = None) -> int:
         urls = {"ours": url_ours, "baseline": url_base}
         servers: dict[str, tuple[subprocess.Popen, float]] = {}
         try:
-            servers["ours"] = _start(ours_cmd, url_ours, args.threads)
-            servers["baseline"] = _start(base_cmd, url_base, args.threads)
+            servers["ours"] = start_server(ours_cmd, url_ours, args.threads)
+            servers["baseline"] = start_server(base_cmd, url_base, args.threads)
             loads: dict[str, list[Load]] = {"ours": [], "baseline": []}
             for url in urls.values():
-                asyncio.run(_drive(url, load_questions, 4, 4, 1.0))  # warm-up
+                asyncio.run(_drive(url, load_texts, 4, 4, 1.0))  # warm-up
             # Each configuration runs on both servers back to back, first one then the other in turn, so a
             # burst of load from elsewhere on the machine cannot favour one side.
             for n, (clients, per_request) in enumerate(CONFIGS):
                 for name in ("ours", "baseline") if n % 2 == 0 else ("baseline", "ours"):
-                    load = asyncio.run(_drive(urls[name], load_questions, clients, per_request, args.seconds))
+                    load = asyncio.run(_drive(urls[name], load_texts, clients, per_request, args.seconds))
                     loads[name].append(load)
                     print(
                         f"  {name:8s} clients={clients:3d} queries/request={per_request:3d}: {load.qps:7.1f} "
@@ -288,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             ids = {name: _answers(url, nq[: args.questions]) for name, url in urls.items()}
         finally:
             for process, _ in servers.values():
-                _stop(process)
+                stop_server(process)
 
     print("\nqueries/s, ours vs baseline (ratio); p50 / p99 latency in ms")
     for mine, theirs in zip(loads["ours"], loads["baseline"], strict=True):
@@ -300,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     questions = nq[: args.questions]
     same = sum(a == b for a, b in zip(ids["ours"], ids["baseline"], strict=True)) / len(questions)
-    recall_ours, recall_base = _recall(ids["ours"], questions, texts), _recall(ids["baseline"], questions, texts)
+    recall_ours, recall_base = (answer_recall(ids[name], questions, texts, k=3) for name in ("ours", "baseline"))
     print(
         f"answer recall@3 on {len(questions)} NQ questions over this subset: ours {recall_ours:.3f}, "
         f"baseline {recall_base:.3f}; identical top-3 lists {same:.1%}"

@@ -1,5 +1,7 @@
 """The retrieval API (`python -m retriever.app`): Search-R1's `POST /retrieve`, our `POST /v1/search`,
-`/healthz`, `/readyz` (the index is loaded) and `/metrics`. Concurrent requests share encoder batches."""
+`/healthz`, `/readyz` (the backend is loaded) and `/metrics`. Concurrent requests share encoder batches. The
+backend (settings.search_backend) is the local index, the index plus a cross-encoder rerank, or a web search API;
+a failed web search is answered 429/502/503/504 with the provider's reason."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 import uvicorn
@@ -20,12 +22,14 @@ from fastapi.exceptions import RequestValidationError
 from prometheus_client import make_asgi_app
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from retriever.backends import SearchBackend, load_backend
 from retriever.batcher import Coalescer, OverloadedError
 from retriever.index import Hit
 from retriever.metrics import INDEX_PASSAGES, REQUEST_SECONDS, REQUESTS
 from retriever.schemas import RetrieveRequest, SearchRequest
-from retriever.search import Searcher, SearchItem, load_searcher
-from retriever.settings import RetrieverSettings
+from retriever.search import SearchItem
+from retriever.settings import RetrieverSettings, SearchBackendName
+from retriever.web.client import WebSearchError
 from services.contracts import ContractError
 from services.telemetry import configure_logging
 
@@ -62,14 +66,14 @@ class _RequestMetrics:
 
 
 class _State:
-    def __init__(self, searcher: Searcher | None) -> None:
+    def __init__(self, searcher: SearchBackend | None) -> None:
         self.searcher = searcher
         self.error: str | None = None
         self.coalescer: Coalescer[SearchItem, list[Hit]] | None = None
 
 
-def create_app(settings: RetrieverSettings | None = None, searcher: Searcher | None = None) -> FastAPI:
-    """The API over `searcher`, or over the index `settings` points at, loaded in the background."""
+def create_app(settings: RetrieverSettings | None = None, searcher: SearchBackend | None = None) -> FastAPI:
+    """The API over `searcher`, or over the backend `settings` choose, loaded in the background."""
     settings = settings or RetrieverSettings.load()
     state = _State(searcher)
     owns_searcher = searcher is None
@@ -80,12 +84,14 @@ def create_app(settings: RetrieverSettings | None = None, searcher: Searcher | N
 
     async def load() -> None:
         try:
-            state.searcher = await asyncio.to_thread(load_searcher, settings)
-            INDEX_PASSAGES.set(await asyncio.to_thread(state.searcher.index.count))
-            log.info("index loaded; ready")
+            state.searcher = await asyncio.to_thread(load_backend, settings)
+            passages = await asyncio.to_thread(state.searcher.passages)
+            if passages is not None:
+                INDEX_PASSAGES.set(passages)
+            log.info("%s backend loaded; ready", settings.search_backend)
         except Exception as exc:
             state.error = str(exc)
-            log.error("cannot load the index: %s", exc)
+            log.error("cannot load the %s backend: %s", settings.search_backend, exc)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -134,6 +140,8 @@ def create_app(settings: RetrieverSettings | None = None, searcher: Searcher | N
             return await state.coalescer.submit(items)
         except OverloadedError as exc:
             raise HTTPException(503, str(exc)) from None
+        except WebSearchError as exc:
+            raise HTTPException(exc.status, exc.message) from None
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -205,6 +213,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
     parser.add_argument("--mode", dest="default_mode", choices=["dense", "sparse", "hybrid"])
+    parser.add_argument(
+        "--backend",
+        dest="search_backend",
+        choices=list(get_args(SearchBackendName)),
+        help="what answers searches (default: SEARCHR1_SEARCH_BACKEND, else local)",
+    )
     parser.add_argument("--exact", action="store_true", default=None, help="exact (flat) dense search, no HNSW")
     parser.add_argument("--threads", dest="encoder_threads", type=int, help="torch CPU threads (default: all)")
     args = parser.parse_args(argv)

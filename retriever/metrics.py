@@ -21,3 +21,7 @@ BATCH_SECONDS = histogram(
 )
 PENDING_REQUESTS = gauge("searchr1_retriever_pending_requests", "Requests waiting for the encoder")
 INDEX_PASSAGES = gauge("searchr1_retriever_index_passages", "Passages in the loaded index")
+WEB_CALLS = counter(
+    "searchr1_retriever_web_calls_total", "Calls to a web search provider, by outcome", ["provider", "outcome"]
+)
+WEB_CACHE = counter("searchr1_retriever_web_cache_total", "Web search cache lookups", ["result"])

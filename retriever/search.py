@@ -73,6 +73,9 @@ class Searcher:
             QUERIES.labels(item.mode).inc()
         return results
 
+    def passages(self) -> int:
+        return self.index.count()
+
     def close(self) -> None:
         self.index.close()
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from services.config import Settings
 
 SearchMode = Literal["dense", "sparse", "hybrid"]
+# local: the Qdrant index; rerank: the index, then a cross-encoder; serpapi / google: a web search API.
+SearchBackendName = Literal["local", "rerank", "serpapi", "google"]
+DEFAULT_RERANK_MODEL = "cross-encoder/ms-marco-MiniLM-L12-v2"
 
 
 class RetrieverSettings(Settings):
@@ -36,3 +39,32 @@ class RetrieverSettings(Settings):
         None, ge=1, description="torch CPU threads; None = one per core. Set it to the pod's CPU limit"
     )
     max_pending_requests: int = Field(1024, ge=1, description="requests waiting for the encoder before 503")
+
+    search_backend: SearchBackendName = Field("local", description="local, rerank, serpapi or google")
+    rerank_model: str = Field(DEFAULT_RERANK_MODEL, description="cross-encoder: HF id, local folder or registry name")
+    rerank_candidates: int = Field(20, ge=1, description="passages retrieved per query for the cross-encoder")
+    rerank_batch_size: int = Field(64, ge=1, description="query/passage pairs per cross-encoder forward pass")
+    serpapi_api_key: SecretStr | None = Field(None, description="SerpAPI key (from a Secret)")
+    serpapi_url: str = Field("https://serpapi.com/search.json", description="SerpAPI search endpoint")
+    google_api_key: SecretStr | None = Field(None, description="Google Custom Search JSON API key (from a Secret)")
+    google_cx: str | None = Field(None, description="Programmable Search Engine id (cx)")
+    google_url: str = Field("https://www.googleapis.com/customsearch/v1", description="Custom Search endpoint")
+    web_timeout_s: float = Field(10.0, gt=0, description="timeout of every web search call")
+    web_retries: int = Field(3, ge=0, description="retries of a web search answered 429/5xx or timed out")
+    web_backoff_s: float = Field(0.5, ge=0, description="first retry delay; doubles with every retry")
+    web_rate_per_s: float = Field(5.0, gt=0, description="client-side limit of web search calls per second")
+    web_concurrency: int = Field(4, ge=1, description="web search calls in flight at once")
+    web_cache_ttl_s: float = Field(3600.0, ge=0, description="how long a web result is reused; 0 = no cache")
+    web_cache_entries: int = Field(10_000, ge=1, description="results the web cache holds at most")
+
+    @model_validator(mode="after")
+    def _web_keys_present(self) -> RetrieverSettings:
+        """A web backend without its key fails at startup, naming the variable to set."""
+        if self.search_backend == "serpapi" and self.serpapi_api_key is None:
+            raise ValueError("search_backend=serpapi needs SEARCHR1_SERPAPI_API_KEY (the SerpAPI key)")
+        if self.search_backend == "google" and (self.google_api_key is None or not self.google_cx):
+            raise ValueError(
+                "search_backend=google needs SEARCHR1_GOOGLE_API_KEY (the API key) and SEARCHR1_GOOGLE_CX "
+                "(the Programmable Search Engine id)"
+            )
+        return self

@@ -46,3 +46,13 @@ def write_corpus(path: Path, lines: tuple[str, ...] | list[str]) -> Path:
 
 def cache_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.getbasetemp() / "retriever-embeddings.sqlite"
+
+
+def build_test_index(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """The test corpus indexed into a fresh folder `name` (embeddings come from the session's cache)."""
+    from retriever.build import build_index
+
+    corpus = write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.jsonl", corpus_lines())
+    folder = tmp_path_factory.mktemp(name)
+    build_index(corpus, folder, dense=encoder(), cache_path=cache_path(tmp_path_factory), progress=False)
+    return folder

@@ -9,17 +9,15 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from prometheus_client import REGISTRY
-from retriever_testkit import cache_path, corpus_lines, encoder, needs_corpus, write_corpus
+from retriever_testkit import build_test_index, cache_path, corpus_lines, encoder, needs_corpus, write_corpus
+from support import ThreadServer
 
 from retriever.app import create_app
 from retriever.build import build_index
@@ -39,30 +37,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-class ThreadServer:
-    """uvicorn serving an app on a free loopback port from a background thread."""
-
-    def __init__(self, app: FastAPI) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> ThreadServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-
 def _settings(index_dir: Path, **overrides: object) -> RetrieverSettings:
     limits = {"max_queries": 8, "max_query_chars": 100, "max_topk": 10, "coalesce_wait_ms": 30.0}
     return RetrieverSettings(index_dir=index_dir, **{**limits, **overrides})
@@ -70,10 +44,7 @@ def _settings(index_dir: Path, **overrides: object) -> RetrieverSettings:
 
 @pytest.fixture(scope="module")
 def index_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    corpus = write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.jsonl", corpus_lines())
-    folder = tmp_path_factory.mktemp("api-index")
-    build_index(corpus, folder, dense=encoder(), cache_path=cache_path(tmp_path_factory), progress=False)
-    return folder
+    return build_test_index(tmp_path_factory, "api-index")
 
 
 @pytest.fixture(scope="module")

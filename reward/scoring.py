@@ -27,6 +27,7 @@ __all__ = [
     "FormatCheck",
     "FormatScores",
     "ScoreKind",
+    "answer_in_text",
     "check_format",
     "em",
     "extract_answer",
@@ -123,20 +124,19 @@ def extract_answer(text: str, min_blocks: int = 1) -> str | None:
     return blocks[-1].strip()
 
 
-def retrieval_hit(response: str, golden_answers: GoldenAnswers) -> bool:
-    """True when a normalised gold answer occurs, as whole words, in the normalised text of an
-    ``<information>`` block. Golds that normalise to nothing never hit.
+def answer_in_text(text: str, golden_answers: GoldenAnswers) -> bool:
+    """True when some normalised gold answer occurs, as whole words, in the normalised text.
 
     Whole-word matching (rather than a raw substring) keeps short answers such as "us" from hitting "focus".
+    Golds that normalise to nothing never hit. This is also the "answer recall" test of retrieval benchmarks.
     """
-    golds = [norm for g in _golds(golden_answers) if (norm := normalize_answer(g))]
-    if not golds:
-        return False
-    for block in _INFORMATION_BLOCK.findall(response):
-        padded = f" {normalize_answer(block)} "
-        if any(f" {gold} " in padded for gold in golds):
-            return True
-    return False
+    padded = f" {normalize_answer(text)} "
+    return any(f" {gold} " in padded for g in _golds(golden_answers) if (gold := normalize_answer(g)))
+
+
+def retrieval_hit(response: str, golden_answers: GoldenAnswers) -> bool:
+    """True when a gold answer occurs (see `answer_in_text`) in the text of an ``<information>`` block."""
+    return any(answer_in_text(block, golden_answers) for block in _INFORMATION_BLOCK.findall(response))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ An episode alternates model turns and environment insertions (shared/notes/SEARC
 
     prompt | gen 1 (mask 1) | <information>...</information> (mask 0) | gen 2 (mask 1) | corrective (mask 0) | ...
 
+- The request's turn prefix (optional, e.g. `<think>` for the few-shot prompt style) is inserted (mask 0) before
+  every generation: the model continues from it, the reward sees it, the loss ignores it.
 - Each turn the engine generates until `</search>` or `</answer>` (the stop string is kept) or the per-turn
   token limit. The trajectory keeps the exact sampled ids: nothing the model produced is decoded and re-encoded.
 - The first `<search>...</search>` or `<answer>...</answer>` of the turn is its action. `answer` ends the
@@ -40,10 +42,12 @@ INFO_OPEN = "\n\n<information>"
 INFO_CLOSE = "</information>\n\n"
 ACTION_RE = re.compile(r"<(search|answer)>(.*?)</\1>", re.DOTALL)
 
-# Our own wording. Inserted after a turn that held no complete <search> or <answer> block.
+# Our own wording. Inserted after a turn that held no complete <search> or <answer> block. It names the answer
+# tags without writing them: the reward reads the last <answer> block of the whole response, and a complete one
+# here would count as an (always wrong) answer of every episode that never answered.
 CORRECTIVE_MESSAGE = (
     "\nThat was not a valid action. To look something up, write a query between <search> and </search>. "
-    "To finish, write the final answer between <answer> and </answer>. Let me try again.\n"
+    "To finish, write the final answer between the answer tags. Let me try again.\n"
 )
 
 Action = Literal["search", "answer"]
@@ -290,9 +294,14 @@ class Agent:
         return self.codec.decode(ids)
 
     async def run(
-        self, prompt_ids: Sequence[int], seed: int | None = None, config: AgentConfig | None = None
+        self,
+        prompt_ids: Sequence[int],
+        seed: int | None = None,
+        config: AgentConfig | None = None,
+        turn_prefix_ids: Sequence[int] = (),
     ) -> Episode:
-        """Play one episode from `prompt_ids`. `seed` (optional) seeds turn t with `seed + t`."""
+        """Play one episode from `prompt_ids`. `seed` (optional) seeds turn t with `seed + t`. `turn_prefix_ids`
+        (optional) open every turn as an environment insertion (mask 0), e.g. an opened `<think>` block."""
         cfg = config or self.config
         if config is not None:
             self._check(config)
@@ -305,6 +314,7 @@ class Agent:
         generate_s = retrieve_s = 0.0
         while True:
             forced_final = episode.turns >= cfg.max_turns
+            episode._append(turn_prefix_ids, 0)
             context = (episode.prompt_ids + episode.response_ids)[-cfg.max_input_tokens :]
             sampling = SamplingOptions(
                 temperature=cfg.temperature,
@@ -364,8 +374,10 @@ class Agent:
         )
         if config.corrective_message != self.config.corrective_message:
             raise ValueError("corrective_message is fixed per Agent")
-        prompt = request.prompt_ids.tolist()
-        episodes = await asyncio.gather(*(self.run(prompt, config=config) for _ in range(request.n_samples)))
+        prompt, prefix = request.prompt_ids.tolist(), request.turn_prefix_ids.tolist()
+        episodes = await asyncio.gather(
+            *(self.run(prompt, config=config, turn_prefix_ids=prefix) for _ in range(request.n_samples))
+        )
         return [
             episode.to_trajectory(request, sample_index=i, response_text=self.codec.decode(episode.response_ids))
             for i, episode in enumerate(episodes)

@@ -17,14 +17,14 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Response
-from prometheus_client import make_asgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from rollout.engines.base import SamplingOptions
 from rollout.worker import RolloutSettings, RolloutWorker, build_engine
 from services.contracts import RolloutRequest
 from services.prompts import build_prompt_ids
-from services.telemetry import configure_logging
+from services.telemetry import configure_logging, serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -89,22 +89,10 @@ def readiness(worker: RolloutWorker) -> Response:
     return Response("ready\n" if ready else "starting\n", status_code=200 if ready else 503)
 
 
-def create_api(worker: RolloutWorker) -> FastAPI:
-    """The HTTP API of one worker outside Ray Serve (the same routes the Serve deployment has)."""
-    app = FastAPI(title="searchr1 rollout", version="0.1.0")
-    app.get("/healthz")(lambda: {"status": "ok"})
-    app.get("/readyz")(lambda: readiness(worker))
-
-    @app.post("/v1/agent")
-    async def agent(query: AgentQuery) -> dict[str, Any]:
-        return await answer(worker, query)
-
-    @app.post("/v1/generate")
-    async def generate(query: GenerateQuery) -> dict[str, Any]:
-        return await generate_once(worker, query)
-
-    app.mount("/metrics", make_asgi_app())
-    return app
+def metrics_response() -> Response:
+    """The Prometheus exposition of the process answering. Rendered per request: an exposition app built where the
+    Serve application is built would travel to the replicas pickled, with a frozen copy of the builder's registry."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 def replica_env(settings: RolloutSettings) -> dict[str, str]:
@@ -118,7 +106,6 @@ def build_app(settings: RolloutSettings) -> Any:
     from ray import serve
 
     api = FastAPI(title="searchr1 rollout", version="0.1.0")
-    api.mount("/metrics", make_asgi_app())
 
     @serve.deployment(
         name="rollout",
@@ -137,6 +124,9 @@ def build_app(settings: RolloutSettings) -> Any:
         async def __init__(self, settings_json: str) -> None:
             configure_logging()
             replica_settings = RolloutSettings.model_validate_json(settings_json)
+            # What the chart's PodMonitor scrapes (SEARCHR1_METRICS_PORT): this replica's figures, whichever replica
+            # Serve's proxy routes an HTTP /metrics to. With several replicas in one pod, the first one serves it.
+            serve_metrics(replica_settings.metrics_host, replica_settings.metrics_port, "rollout replica")
             self.worker = RolloutWorker(replica_settings, await build_engine(replica_settings))
             self.consumer_task = asyncio.create_task(self.worker.run())
 
@@ -151,6 +141,10 @@ def build_app(settings: RolloutSettings) -> Any:
         @api.get("/readyz")
         def readyz(self) -> Response:
             return readiness(self.worker)
+
+        @api.get("/metrics")
+        def metrics(self) -> Response:
+            return metrics_response()
 
         @api.post("/v1/agent")
         async def agent(self, query: AgentQuery) -> dict[str, Any]:

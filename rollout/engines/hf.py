@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rollout.engines.base import Engine, GenerationAborted, GenerationResult, LogprobsMode, SamplingOptions
+from rollout.engines.metrics import record_requests
 
 
 class HFEngine(Engine):
@@ -48,6 +49,8 @@ class HFEngine(Engine):
         self.logprobs_mode = logprobs_mode
         self.eos_token_ids = self._eos_ids()
         self._lock: asyncio.Lock | None = None
+        self._waiting = 0
+        self._running = 0
         self._abort = threading.Event()
 
     def _eos_ids(self) -> set[int]:
@@ -66,10 +69,28 @@ class HFEngine(Engine):
     ) -> GenerationResult:
         if self._lock is None:
             self._lock = asyncio.Lock()
-        async with self._lock:
-            if self._abort.is_set():
-                raise GenerationAborted()
-            return await asyncio.to_thread(self._generate_sync, prompt_ids, sampling, stop, max_tokens)
+        entered = False
+        self._waiting += 1
+        self._report_queue()
+        try:
+            async with self._lock:
+                entered, self._waiting, self._running = True, self._waiting - 1, 1
+                self._report_queue()
+                try:
+                    if self._abort.is_set():
+                        raise GenerationAborted()
+                    return await asyncio.to_thread(self._generate_sync, prompt_ids, sampling, stop, max_tokens)
+                finally:
+                    self._running = 0
+                    self._report_queue()
+        finally:
+            if not entered:  # cancelled while waiting for its turn
+                self._waiting -= 1
+                self._report_queue()
+
+    def _report_queue(self) -> None:
+        """One request runs at a time; the rest wait for the lock (there is no paged KV cache to report)."""
+        record_requests(self._running, self._waiting)
 
     def _generate_sync(
         self, prompt_ids: list[int], sampling: SamplingOptions, stop: Sequence[str], max_tokens: int

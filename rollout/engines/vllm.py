@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rollout.engines.base import Engine, GenerationAborted, GenerationResult, LogprobsMode, SamplingOptions
+from rollout.engines.metrics import record_idle_vllm, vllm_stat_logger
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +68,15 @@ class VLLMEngine(Engine):
         if max_num_seqs is not None:
             args["max_num_seqs"] = max_num_seqs
         args.update(engine_kwargs or {})
+        self._requests: set[str] = set()
         started = time.perf_counter()
-        self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+        gauges = vllm_stat_logger(busy=lambda: bool(self._requests))
+        self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**args), stat_loggers=[gauges])
         self.startup_s = time.perf_counter() - started
         # A plain transformers tokenizer (the same files vLLM loaded) for the agent's codec and callers.
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        self._requests: set[str] = set()
         log.info("vLLM engine for %s ready in %.1f s (pid %d)", self.model_path, self.startup_s, os.getpid())
 
     @classmethod
@@ -109,6 +111,8 @@ class VLLMEngine(Engine):
                 final = output
         finally:
             self._requests.discard(request_id)
+            if not self._requests:
+                record_idle_vllm()
         if final is None or not final.outputs:
             raise GenerationAborted()
         completion = final.outputs[0]

@@ -5,13 +5,8 @@ One vLLM engine serves the whole module (start-up takes 40-60 s). Engines live o
 background thread for the module; tests submit coroutines to it.
 
 Besides the random model, the tests build a "programmed" checkpoint of the same architecture whose greedy output
-is known in advance: attention and MLP outputs are zeroed, so the last token alone decides the next one, and the
-embeddings and LM head encode a few bigram rules:
-
-    (any token) -> <search> -> " capital" -> </search>          (the first turn searches)
-    "\\n\\n"    -> <answer> -> " Paris"   -> </answer>          (after `</information>\\n\\n` the model answers)
-
-Loading it into a running engine changes its greedy output, and an episode on it searches once and answers.
+is known in advance (tests/programmed_model.py): it searches once, then answers. Loading it into a running engine
+changes its greedy output.
 """
 
 from __future__ import annotations
@@ -25,6 +20,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
+from programmed_model import ANSWER_TURN, SEARCH_TURN, program_model
 from support import fake_retriever
 
 from rollout.agent import INFO_CLOSE, Agent, AgentConfig, HFTextCodec
@@ -39,10 +35,6 @@ pytestmark = pytest.mark.slow
 T = TypeVar("T")
 STOPS = ("</search>", "</answer>")
 GREEDY = SamplingOptions(temperature=0.0)
-RULES = {"<search>": "Ġcapital", "Ġcapital": "</search>", "ĊĊ": "<answer>", "<answer>": "ĠParis", "ĠParis": "</answer>"}
-DEFAULT_NEXT = "<search>"
-SEARCH_TURN = "<search> capital</search>"
-ANSWER_TURN = "<answer> Paris</answer>"
 DOCS = [
     ("d1", '"Paris"\nParis is the capital and largest city of France.'),
     ("d2", '"France"\nFrance is a country in Western Europe.'),
@@ -79,44 +71,9 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_random_qwen2(tmp_path_factory.mktemp("tiny-random-qwen2"), seed=0)
 
 
-def program_bigram(model: Any, tokenizer: Any, rules: dict[str, str], default: str, strength: float = 20.0) -> None:
-    """Make `model` (Qwen2) a bigram machine: next token = rules[last] if last has a rule, else `default`."""
-    import torch
-
-    vocab, dim = model.model.embed_tokens.weight.shape
-    half = dim // 2
-    ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in {*rules, *rules.values(), default}}
-    generator = torch.Generator().manual_seed(0)
-    directions = torch.randn(vocab, dim - 1, generator=generator)
-    rule_rows = [ids[tok] for tok in rules]
-    q, _ = torch.linalg.qr(torch.randn(dim - 1, len(rule_rows), generator=generator))
-    directions[rule_rows] = q.T  # the rule tokens' directions are orthogonal to each other
-    directions = directions / directions.norm(dim=1, keepdim=True) * half**0.5
-    embed = torch.cat([torch.full((vocab, 1), half**0.5), directions], dim=1)  # every row has RMS 1
-    head = torch.zeros(vocab, dim)
-    head[ids[default], 0] = strength / half**0.5  # logit `strength` after every token
-    for src, dst in rules.items():
-        head[ids[dst], 1:] += (2 * strength / half) * embed[ids[src], 1:]  # logit 2 * strength after `src`
-    with torch.no_grad():
-        model.model.embed_tokens.weight.copy_(embed)
-        model.lm_head.weight.copy_(head)
-        model.model.norm.weight.fill_(1.0)
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-
-
 @pytest.fixture(scope="module")
 def programmed_model(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model)
-    program_bigram(model, tokenizer, RULES, DEFAULT_NEXT)
-    dest = tmp_path_factory.mktemp("tiny-programmed")
-    model.save_pretrained(dest)
-    tokenizer.save_pretrained(dest)
-    return dest
+    return program_model(tiny_model, tmp_path_factory.mktemp("tiny-programmed"))
 
 
 @pytest.fixture(scope="module")
@@ -232,6 +189,16 @@ def test_hf_sampling_is_seeded_and_top_p_narrows_to_greedy(loop: LoopThread, hf_
     assert narrow.token_ids == greedy.token_ids
 
 
+def test_hf_engine_reports_its_queue(loop: LoopThread, hf_engine: Any, tokenizer: Any):
+    prompt = chat_prompt(tokenizer)
+    many = [hf_engine.generate(prompt, GREEDY, (), 24) for _ in range(4)]
+    _, samples = loop.run(sample_gauges_while(many))
+    assert {s[0] for s in samples} <= {0.0, 1.0}  # one request runs at a time
+    assert max(s[1] for s in samples) >= 1  # the others wait for it
+    running, waiting, _ = engine_gauges()
+    assert (running, waiting) == (0.0, 0.0)
+
+
 def test_hf_reload_changes_output_and_an_episode_runs_end_to_end(
     loop: LoopThread, hf_engine: Any, tokenizer: Any, programmed_model: Path, retriever_server: dict[str, Any]
 ):
@@ -337,6 +304,42 @@ def test_vllm_stop_strings_are_kept_and_sampled_ids_are_exact(loop: LoopThread, 
     assert again.token_ids == results[0].token_ids  # seeded sampling is reproducible
 
 
+def engine_gauges() -> tuple[float, float, float | None]:
+    """(running, waiting, KV-cache ratio) as the rollout tier's /metrics exports them."""
+    from prometheus_client import REGISTRY
+
+    def value(name: str, labels: dict[str, str] | None = None) -> float | None:
+        return REGISTRY.get_sample_value(name, labels or {})
+
+    running = value("searchr1_rollout_engine_requests", {"state": "running"})
+    waiting = value("searchr1_rollout_engine_requests", {"state": "waiting"})
+    return running or 0.0, waiting or 0.0, value("searchr1_rollout_kv_cache_usage_ratio")
+
+
+async def sample_gauges_while(
+    works: list[Coroutine[Any, Any, T]],
+) -> tuple[list[T], list[tuple[float, float, float | None]]]:
+    """Run `works` concurrently and read the engine gauges every 10 ms until they end."""
+    samples = []
+    task = asyncio.ensure_future(asyncio.gather(*works))
+    while not task.done():
+        samples.append(engine_gauges())
+        await asyncio.sleep(0.01)
+    return await task, samples
+
+
+def test_vllm_engine_gauges_follow_the_scheduler(loop: LoopThread, vllm_engine: Any, tokenizer: Any):
+    prompt = chat_prompt(tokenizer)
+    many = [vllm_engine.generate(prompt, SamplingOptions(1.0, 1.0, seed=i), (), 160) for i in range(24)]
+    results, samples = loop.run(sample_gauges_while(many))
+    assert len(results) == 24
+    busy = [s for s in samples if s[0] > 0]
+    assert busy, f"no sample saw a running request: {samples[:5]}"
+    assert max(s[0] + s[1] for s in busy) <= 24
+    assert all(s[2] is not None and 0 < s[2] <= 1 for s in busy)  # running requests hold KV-cache blocks
+    assert engine_gauges() == (0.0, 0.0, 0.0)  # idle: nothing runs, nothing waits, no block in use
+
+
 def test_vllm_reload_changes_output_and_loses_no_request(
     loop: LoopThread, vllm_engine: Any, tokenizer: Any, tiny_model: Path, programmed_model: Path
 ):
@@ -352,7 +355,8 @@ def test_vllm_reload_changes_output_and_loses_no_request(
             for i in range(8)
         ]
         await asyncio.sleep(0.05)
-        assert vllm_engine.inflight == 8  # all eight are being served when the reload is asked for
+        # all eight were admitted before the reload is asked for (a sample may already have met EOS)
+        assert vllm_engine.inflight + sum(task.done() for task in running) == 8
         reload = asyncio.create_task(swap_weights(vllm_engine, programmed_model))
         while not vllm_engine.paused:
             await asyncio.sleep(0)

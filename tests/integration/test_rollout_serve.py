@@ -23,15 +23,16 @@ DOCS = [("1", '"Paris"\nParis is the capital of France.')]
 
 
 @pytest.fixture
-def serve_app(settings: Settings) -> Iterator[str]:
+def serve_app(settings: Settings) -> Iterator[dict[str, str]]:
     import ray
     from ray import serve
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     with fake_retriever(DOCS) as retriever:
         rollout_settings = RolloutSettings(
-            **settings.model_dump(), model="tiny-random-qwen2", engine="hf", max_model_len=512,
+            **{**settings.model_dump(), "metrics_port": metrics_port}, model="tiny-random-qwen2", engine="hf",
+            max_model_len=512,
             retriever_url=retriever["url"], replica_cpus=0.5, concurrency=4,
         )  # fmt: skip
         ray.init(
@@ -42,7 +43,7 @@ def serve_app(settings: Settings) -> Iterator[str]:
             serve.run(build_app(rollout_settings), name="rollout", route_prefix="/")
             url = f"http://127.0.0.1:{port}"
             wait_until(lambda: _ok(url + "/readyz"), 120, "the Serve replica to be ready", interval_s=0.5)
-            yield url
+            yield {"url": url, "metrics": f"http://127.0.0.1:{metrics_port}/metrics/"}
         finally:
             serve.shutdown()
             ray.shutdown()
@@ -55,13 +56,14 @@ def _ok(url: str) -> bool:
         return False
 
 
-def test_serve_app_answers_http_and_consumes_the_queue(serve_app: str, settings: Settings) -> None:
-    generated = httpx.post(serve_app + "/v1/generate", json={"prompt": "hello", "max_tokens": 8}, timeout=60)
+def test_serve_app_answers_http_and_consumes_the_queue(serve_app: dict[str, str], settings: Settings) -> None:
+    url = serve_app["url"]
+    generated = httpx.post(url + "/v1/generate", json={"prompt": "hello", "max_tokens": 8}, timeout=60)
     assert generated.status_code == 200 and generated.json()["policy_version"] == 0
     assert len(generated.json()["token_ids"]) <= 8
-    agent = httpx.post(serve_app + "/v1/agent", json={"question": "capital of France", "max_turns": 1}, timeout=120)
+    agent = httpx.post(url + "/v1/agent", json={"question": "capital of France", "max_turns": 1}, timeout=120)
     assert agent.status_code == 200 and agent.json()["turns"] >= 1
-    assert httpx.post(serve_app + "/v1/agent", json={"question": ""}, timeout=10).status_code == 422
+    assert httpx.post(url + "/v1/agent", json={"question": ""}, timeout=10).status_code == 422
 
     async def roundtrip() -> list[Trajectory]:
         streams = Streams(connect(settings), settings)
@@ -83,3 +85,11 @@ def test_serve_app_answers_http_and_consumes_the_queue(serve_app: str, settings:
     trajectories = asyncio.run(roundtrip())
     assert [t.sample_index for t in sorted(trajectories, key=lambda t: t.sample_index)] == [0, 1]
     assert all(t.job_id == "serve-job" and t.response_ids.size > 0 for t in trajectories)
+    # The replica's own registry (the one its engine and worker update), not a copy made where the app was built,
+    # both through Serve's HTTP proxy and on the replica's metrics port (what the chart's PodMonitor scrapes).
+    for metrics in (httpx.get(url + "/metrics", timeout=10).text, httpx.get(serve_app["metrics"], timeout=10).text):
+        assert 'searchr1_rollout_trajectories_total{job="serve-job"} 2.0' in metrics
+        # The HF engine's own queue, idle again; it has no paged KV cache, so no KV-cache ratio at all.
+        assert 'searchr1_rollout_engine_requests{state="running"} 0.0' in metrics
+        assert 'searchr1_rollout_engine_requests{state="waiting"} 0.0' in metrics
+        assert "searchr1_rollout_kv_cache_usage_ratio" not in metrics

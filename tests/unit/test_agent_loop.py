@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+from reward.scoring import FormatScores, check_format, extract_answer, format_reward
 from rollout.agent import (
     CORRECTIVE_MESSAGE,
     INFO_CLOSE,
@@ -315,6 +316,37 @@ def test_a_request_runs_all_its_samples_concurrently():
     assert all(t.response_text == "<answer>a</answer>" and t.finished for t in trajectories)
     assert all(c["max_tokens"] == 64 and c["sampling"].temperature == 0.5 for c in engine.calls)
     assert len(engine.calls) == 3
+
+
+def test_a_turn_prefix_opens_every_turn_as_an_insertion_the_model_continues():
+    prefix = codec.encode("<think>")
+    request = RolloutRequest(job_id="j", prompt_uid="u", prompt_ids=np.asarray(PROMPT),
+                             turn_prefix_ids=np.asarray(prefix))  # fmt: skip
+    turns = [" need it </think><search> capital of France </search>", " found </think><answer> Paris </answer>"]
+    engine, retriever = ScriptedEngine(turns), FakeRetriever()
+    [trajectory] = run(Agent(engine, codec, retriever).run_request(request))
+    obs = expected_obs(retriever.docs[:3])
+    assert trajectory.response_text == "<think>" + turns[0] + obs + "<think>" + turns[1]
+    assert check_format(trajectory.response_text).valid, "the reward sees the opened think blocks"
+    p, t1, o, t2 = len(prefix), len(turns[0]), len(obs), len(turns[1])
+    assert spans(trajectory.loss_mask.tolist()) == [
+        (0, p, 0), (p, p + t1, 1), (p + t1, 2 * p + t1 + o, 0), (2 * p + t1 + o, 2 * p + t1 + o + t2, 1),
+    ]  # fmt: skip
+    assert trajectory.logprobs[:p].tolist() == [0.0] * p and trajectory.version_spans[0].start == p
+    first, second = (call["prompt_ids"] for call in engine.calls)
+    assert first == PROMPT + prefix and second[-p:] == prefix, "the model continues from each prefix"
+    # Without a prefix the response starts with the model's first token, as before.
+    plain = RolloutRequest(job_id="j", prompt_uid="u", prompt_ids=np.asarray(PROMPT))
+    [trajectory] = run(Agent(ScriptedEngine(turns), codec, FakeRetriever()).run_request(plain))
+    assert trajectory.response_text == turns[0] + obs + turns[1] and trajectory.loss_mask[: len(turns[0])].all()
+
+
+def test_the_corrective_message_holds_no_answer_for_the_reward_to_read():
+    """An episode that never answered must score as unanswered, not as the corrective's words."""
+    response = "I am not sure." + CORRECTIVE_MESSAGE + "Still unsure."
+    assert extract_answer(response) is None
+    assert format_reward(response, ["Paris"]) == FormatScores().no_answer_invalid
+    assert extract_answer(response + CORRECTIVE_MESSAGE + "<answer> Paris </answer>") == "Paris"
 
 
 def test_eval_requests_decode_greedily():

@@ -13,6 +13,7 @@ from reward.scoring import (
     FormatCheck,
     FormatScores,
     ScoreKind,
+    answer_in_text,
     check_format,
     em,
     extract_answer,
@@ -253,6 +254,19 @@ def test_format_without_required_answer(response: str, valid: bool) -> None:
 )
 def test_retrieval_hit(response: str, golds: object, expected: bool) -> None:
     assert retrieval_hit(response, golds) is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "golds", "expected"),
+    [
+        ('"Paris"\nParis is the capital of France.', ["Lyon", "capital of FRANCE"], True),
+        ("The Focus group", "US", False),
+        ("the U.S. army", "US", True),
+        ("anything", ["the", ""], False),
+    ],
+)
+def test_answer_in_text_matches_normalised_whole_words(text: str, golds: object, expected: bool) -> None:
+    assert answer_in_text(text, golds) is expected
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -42,6 +42,23 @@ class TrainingBatch:
             self.scores.to(device), self.prompt_uids, self.versions,
         )  # fmt: skip
 
+    def lengths(self) -> Tensor:
+        """Tokens per row (prompt and response)."""
+        return self.attention_mask.sum(dim=1)
+
+    def compact(self) -> TrainingBatch:
+        """The same rows without the columns that are padding in every one of them (leading prompt padding,
+        trailing response padding); prompts still end, and responses start, at one column."""
+        lead = int(self.attention_mask.any(dim=0).int().argmax())
+        response_len = max(int(self.response_mask.sum(dim=1).max()), 1)
+        cols = slice(lead, self.input_ids.shape[1] - self.response_len + response_len)
+        r = slice(0, response_len)
+        return TrainingBatch(
+            self.input_ids[:, cols], self.attention_mask[:, cols], self.position_ids[:, cols],
+            self.response_mask[:, r], self.loss_mask[:, r], self.behaviour_logprobs[:, r], self.scores,
+            self.prompt_uids, self.versions,
+        )  # fmt: skip
+
     def select(self, rows: slice | Tensor | list[int]) -> TrainingBatch:
         """A sub-batch (mini- or micro-batch) with the same column layout."""
         index = rows if isinstance(rows, slice) else torch.as_tensor(rows, dtype=torch.long)

@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from services.contracts import RolloutRequest, ScoredTrajectory
@@ -24,6 +25,7 @@ STALENESS = histogram(
     "searchr1_policy_staleness", "Policy versions between sampling and training", ["job"], buckets=(0, 1, 2, 4, 8, 16)
 )
 DROPPED = counter("searchr1_learner_dropped_total", "Scored trajectories the learner dropped", ["job", "reason"])
+DROP_REASONS = ("undecodable", "unrequested", "stale")
 
 GROUP = "learner"
 
@@ -44,6 +46,8 @@ class Collector:
         self.consumer = consumer
         self.scored_stream = streams.job(job_id, "scored")
         self._seen: set[str] = set()
+        for reason in DROP_REASONS:  # at 0 from the start: dashboards show 0 drops, not no data
+            DROPPED.labels(job_id, reason)
 
     async def start(self) -> None:
         await self.streams.ensure_group(self.scored_stream, GROUP, start="$")
@@ -58,8 +62,10 @@ class Collector:
         max_staleness: int,
         retry_after_s: float = 300.0,
         timeout_s: float = 1800.0,
+        progress: Callable[[int], Awaitable[None]] | None = None,
     ) -> Gathered:
-        """Wait for `n_samples` scored trajectories of every request; returns them in arrival order."""
+        """Wait for `n_samples` scored trajectories of every request; returns them in arrival order.
+        `progress` is awaited with the number gathered so far each time it grows."""
         started = time.monotonic()
         wanted = {request.msg_id: request for request in requests}
         aliases: dict[str, str] = {}  # id of a replacement request -> id of the request it stands in for
@@ -79,10 +85,13 @@ class Collector:
                 last_progress = now
             entries = await self.streams.read(self.scored_stream, GROUP, self.consumer, ScoredTrajectory, 256, 500)
             stale: Counter[str] = Counter()
+            before = len(result.trajectories)
             for entry in entries:
                 if self._accept(entry.message, wanted, aliases, counts, current_version, max_staleness, result, stale):
                     last_progress = time.monotonic()
             await self.streams.ack(self.scored_stream, GROUP, [entry.entry_id for entry in entries])
+            if progress is not None and len(result.trajectories) > before:
+                await progress(len(result.trajectories))
             if stale:
                 await self._replace_stale(stale, wanted, aliases, counts, current_version, result)
         # The learner is the stream's only reader: drop what it has settled, or a long job fills Redis.

@@ -18,7 +18,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,11 +51,13 @@ class Example:
     source: str
     # Search-R1's own chat prompt when the row carried one; kept for reference, our prompt wording is our own.
     prompt_messages: tuple[dict[str, str], ...] = field(default=(), compare=False)
+    label: str | None = None  # its DataSource's label, when it has one
 
     @property
     def dataset(self) -> str:
-        """The data set name: the source up to its first `:` (`hotpotqa:train:...` -> `hotpotqa`), for metrics."""
-        return dataset_label(self.source)
+        """The data set name, for metrics: the source's label, else the row's source up to its first `:`
+        (`hotpotqa:train:...` -> `hotpotqa`)."""
+        return self.label or dataset_label(self.source)
 
 
 def prompt_uid(source: str, example_id: str) -> str:
@@ -330,6 +332,8 @@ def load_source(source: DataSource, base_dir: Path | None = None, cache_dir: str
             if schema is None:
                 schema = detect_schema(row)
             example = _PARSERS[schema](row)
+            if source.label:
+                example = replace(example, label=source.label)
         except ValueError as exc:
             if isinstance(exc, DataError):
                 raise

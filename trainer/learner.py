@@ -2,23 +2,26 @@
 
 Per step: sample prompts -> RolloutRequests (n per prompt) -> gather ScoredTrajectories from the job's stream
 -> advantages and update -> write weights v+1 and announce them -> metrics -> eval and checkpoint on schedule.
+An evaluation job (`kind: eval`) announces its model's weights and runs one greedy eval instead.
 Everything a person watching the job needs goes to the job's events stream (state, metrics, checkpoints).
+This driver runs on rank 0 only; with several FSDP ranks it hands updates and state gathering to `Collective`,
+which the other ranks follow.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import random
+import math
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM
 
 from services.contracts import (
     JobEvent,
@@ -29,13 +32,15 @@ from services.contracts import (
     SamplingParams,
     ScoredTrajectory,
 )
-from services.prompts import build_prompt_ids
+from services.prompts import build_prompt_ids, build_turn_prefix_ids
 from services.streams import Streams
 from services.telemetry import gauge
 from trainer.batch import collate
+from trainer.collective import Collective
 from trainer.collector import Collector, Gathered
-from trainer.data import Datasets, Example, PromptStream, dataset_label
-from trainer.update import Models, train_step
+from trainer.data import Datasets, Example, PromptStream
+from trainer.ranks import SINGLE, Ranks
+from trainer.update import Models
 from trainer.weights import save_version
 
 log = logging.getLogger(__name__)
@@ -60,36 +65,68 @@ class LearnerContext:
     data: Datasets
     device: torch.device
     eval_limit: int | None = None  # examples per eval data set (None: all)
+    ranks: Ranks = SINGLE  # this driver is rank 0 of them
 
 
 class Learner:
     def __init__(self, ctx: LearnerContext) -> None:
         self.ctx = ctx
         self.spec = ctx.spec
+        self.work = Collective(ctx.spec, ctx.models, ctx.device, ctx.ranks)
         self.collector = Collector(ctx.streams, ctx.job_id)
-        self.prompts = PromptStream(ctx.data.train, seed=ctx.spec.data.shuffle_seed)
+        training = ctx.spec.kind == "train"
+        self._prompts = PromptStream(ctx.data.train, seed=ctx.spec.data.shuffle_seed) if training else None
         self.version = 0
         self.step = 0
         self.checkpoint_dir = ctx.output_dir / "checkpoints"
         self.weights_root = ctx.output_dir / "weights"
 
+    @property
+    def prompts(self) -> PromptStream:
+        if self._prompts is None:
+            raise RuntimeError(f"job {self.ctx.job_id} is an evaluation: it has no training prompts")
+        return self._prompts
+
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def run(self) -> None:
         await self.collector.start()
+        message = await (self.run_evaluation() if self.spec.kind == "eval" else self.run_training())
+        if self.ctx.ranks.world > 1:
+            self.work.stop()
+        await self.event("state", state=JobState.SUCCEEDED, message=message)
+
+    async def run_training(self) -> str:
         resumed = self.resume()
         if resumed:
             await self.publish_weights()  # rollout engines must serve the resumed policy, not the base model
         await self.event("state", state=JobState.RUNNING, message=f"resumed at step {self.step}" if resumed else "")
         schedule = self.spec.schedule
+        deadline = None if schedule.time_limit_s is None else time.monotonic() + schedule.time_limit_s
+        out_of_time = False
         if schedule.eval_before_train and self.step == 0 and self.ctx.data.eval:
             await self.evaluate()
-        while self.step < schedule.total_steps:
+        while self.step < schedule.total_steps and not out_of_time:
             await self.train_one_step()
-            if self.ctx.data.eval and (self.step % schedule.eval_interval == 0 or self.step == schedule.total_steps):
+            # Past the time budget, this step is the last: it gets the final eval and checkpoint.
+            out_of_time = deadline is not None and time.monotonic() >= deadline
+            last = out_of_time or self.step == schedule.total_steps
+            if self.ctx.data.eval and (self.step % schedule.eval_interval == 0 or last):
                 await self.evaluate()
-            if self.step % schedule.save_interval == 0 or self.step == schedule.total_steps:
+            if self.step % schedule.save_interval == 0 or last:
                 await self.checkpoint()
-        await self.event("state", state=JobState.SUCCEEDED, message=f"trained {self.step} steps")
+        if out_of_time and self.step < schedule.total_steps:
+            limit = f"{schedule.time_limit_s:g}"
+            return f"trained {self.step} of {schedule.total_steps} steps: time limit of {limit} s reached"
+        return f"trained {self.step} steps"
+
+    async def run_evaluation(self) -> str:
+        """Announce the model's weights as version 1 (version 0 is whatever base model the rollout engines
+        started with), so the engines load and serve exactly this model; then one greedy eval."""
+        self.version = 1
+        await self.publish_weights()
+        await self.event("state", state=JobState.RUNNING)
+        result = await self.evaluate()
+        return "EM " + ", ".join(f"{key.split('/', 1)[1]} {value:.3f}" for key, value in result.items())
 
     async def event(self, kind: str, **fields: Any) -> None:
         event = JobEvent(job_id=self.ctx.job_id, event=kind, **fields)
@@ -99,15 +136,18 @@ class Learner:
     def requests_for(
         self, examples: list[Example], n: int, sampling: SamplingParams, is_eval: bool
     ) -> list[RolloutRequest]:
-        rollout = self.spec.rollout
+        rollout, tokenizer = self.spec.rollout, self.ctx.tokenizer
         reward = RewardConfig(kind="em") if is_eval else self.spec.reward
+        prefix = np.asarray(build_turn_prefix_ids(tokenizer, rollout.prompt_style), dtype=np.int32)
         return [
             RolloutRequest(
                 job_id=self.ctx.job_id,
                 prompt_uid=example.uid,
                 prompt_ids=np.asarray(
-                    build_prompt_ids(self.ctx.tokenizer, example.question, rollout.max_prompt_tokens), dtype=np.int32
+                    build_prompt_ids(tokenizer, example.question, rollout.max_prompt_tokens, rollout.prompt_style),
+                    dtype=np.int32,
                 ),
+                turn_prefix_ids=prefix,
                 n_samples=n,
                 policy_version=self.version,
                 golden_answers=list(example.golden_answers),
@@ -133,9 +173,9 @@ class Learner:
         requests = self.requests_for(examples, algo.group_size, sampling, is_eval=False)
         gathered = await self.rollouts(requests, algo.max_staleness)
         rollout_s = time.perf_counter() - started
-        batch = collate(gathered.trajectories, pad_id=self.pad_id).to(self.ctx.device)
+        batch = collate(gathered.trajectories, pad_id=self.pad_id)
         update_started = time.perf_counter()
-        stats = train_step(algo, batch, self.ctx.models, temperature=rollout.temperature)
+        stats = self.work.train(batch, temperature=rollout.temperature)
         update_s = time.perf_counter() - update_started
         metrics = self.step_metrics(gathered.trajectories, stats)
         self.step += 1
@@ -152,13 +192,18 @@ class Learner:
                  metrics["reward_mean"])  # fmt: skip
         return metrics
 
-    async def rollouts(self, requests: list[RolloutRequest], max_staleness: int) -> Gathered:
+    async def rollouts(
+        self,
+        requests: list[RolloutRequest],
+        max_staleness: int,
+        progress: Callable[[int], Awaitable[None]] | None = None,
+    ) -> Gathered:
         """Send the requests and gather their scored trajectories: requests that make no progress for
         `request_timeout_s` are sent again, and the step fails after three times that."""
         timeout = self.spec.rollout.request_timeout_s
         await self.collector.send(requests)
         return await self.collector.gather(
-            requests, self.version, max_staleness, retry_after_s=timeout, timeout_s=timeout * 3
+            requests, self.version, max_staleness, retry_after_s=timeout, timeout_s=timeout * 3, progress=progress
         )
 
     @property
@@ -197,9 +242,9 @@ class Learner:
             STEP_SECONDS.labels(job, phase).set(metrics[f"{phase}_seconds"])
 
     async def publish_weights(self) -> None:
-        policy = self.ctx.models.policy
-        announcement = save_version(policy, self.ctx.tokenizer, self.weights_root, self.ctx.job_id, self.version,
-                                    self.step)  # fmt: skip
+        state = self.work.full_state(optimizers=False)["policy"]
+        announcement = save_version(self.ctx.models.policy, self.ctx.tokenizer, self.weights_root, self.ctx.job_id,
+                                    self.version, self.step, state_dict=state)  # fmt: skip
         await self.ctx.streams.publish(self.ctx.streams.job(self.ctx.job_id, "weights"), announcement)
 
     # -- evaluation --------------------------------------------------------------------------------------
@@ -208,16 +253,34 @@ class Learner:
         examples = self.eval_examples()
         sampling = SamplingParams(temperature=0.0, top_p=1.0, max_tokens_per_turn=self.spec.rollout.max_tokens_per_turn)
         requests = self.requests_for(examples, 1, sampling, is_eval=True)
-        gathered = await self.rollouts(requests, max_staleness=0)
+        report = self.progress_reporter(len(requests))
+        await report(0)
+        gathered = await self.rollouts(requests, max_staleness=0, progress=report)
+        dataset_of = {example.uid: example.dataset for example in examples}
         per_dataset: dict[str, list[float]] = {}
         for scored in gathered.trajectories:
-            per_dataset.setdefault(dataset_label(scored.trajectory.data_source), []).append(scored.reward)
+            per_dataset.setdefault(dataset_of[scored.trajectory.prompt_uid], []).append(scored.reward)
         result = {f"eval_em/{name}": float(np.mean(scores)) for name, scores in sorted(per_dataset.items())}
         for key, value in result.items():
             EVAL_EM.labels(self.ctx.job_id, key.split("/", 1)[1]).set(value)
         await self.event("eval", step=self.step, data=result)
         log.info("job %s eval at step %d: %s", self.ctx.job_id, self.step, result)
         return result
+
+    def progress_reporter(self, total: int, interval_s: float = 1.0) -> Callable[[int], Awaitable[None]]:
+        """A progress callback that tells the job's events how many of `total` eval episodes are scored: at most
+        once per `interval_s`, and always the first and the last count."""
+        last_sent = -math.inf
+
+        async def report(done: int) -> None:
+            nonlocal last_sent
+            now = time.monotonic()
+            if 0 < done < total and now - last_sent < interval_s:
+                return
+            last_sent = now
+            await self.event("progress", step=self.step, data={"phase": "eval", "done": done, "total": total})
+
+        return report
 
     def eval_examples(self) -> list[Example]:
         if self.ctx.eval_limit is None:
@@ -235,25 +298,14 @@ class Learner:
         folder = self.checkpoint_dir / f"step-{self.step}"
         staging = folder.with_name(folder.name + ".partial")
         staging.mkdir(parents=True, exist_ok=True)
-        models = self.ctx.models
-        models.policy.save_pretrained(staging / "policy", safe_serialization=True)
-        self.ctx.tokenizer.save_pretrained(staging / "policy")
-        state = {
-            "optimizer": models.optimizer.state_dict(),
-            "scheduler": models.scheduler.state_dict(),
-            "critic": models.critic.state_dict() if models.critic is not None else None,
-            "critic_optimizer": models.critic_optimizer.state_dict() if models.critic_optimizer else None,
-            "critic_scheduler": models.critic_scheduler.state_dict() if models.critic_scheduler else None,
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-        }
-        torch.save(state, staging / "trainer_state.pt")
+        self.work.save(staging, self.ctx.tokenizer)
         (staging / "progress.json").write_text(
             json.dumps({"step": self.step, "version": self.version, "prompts": self.prompts.state_dict()})
         )
         if folder.exists():
             shutil.rmtree(folder)
         staging.rename(folder)
-        await self.event("checkpoint", step=self.step, data={"path": str(folder)})
+        await self.event("checkpoint", step=self.step, data={"path": str(folder), "policy": str(folder / "policy")})
         return folder
 
     def latest_checkpoint(self) -> Path | None:
@@ -264,19 +316,7 @@ class Learner:
         folder = self.latest_checkpoint()
         if folder is None:
             return False
-        models = self.ctx.models
-        saved = AutoModelForCausalLM.from_pretrained(folder / "policy", dtype=next(models.policy.parameters()).dtype)
-        models.policy.load_state_dict(saved.state_dict())
-        state = torch.load(folder / "trainer_state.pt", weights_only=False)
-        models.optimizer.load_state_dict(state["optimizer"])
-        models.scheduler.load_state_dict(state["scheduler"])
-        if models.critic is not None and state["critic"] is not None:
-            models.critic.load_state_dict(state["critic"])
-            models.critic_optimizer.load_state_dict(state["critic_optimizer"])  # type: ignore[union-attr]
-            models.critic_scheduler.load_state_dict(state["critic_scheduler"])  # type: ignore[union-attr]
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
+        self.work.load(folder)  # every rank: weights, optimisers, schedulers, RNG
         progress = json.loads((folder / "progress.json").read_text())
         self.step, self.version = progress["step"], progress["version"]
         self.prompts.load_state_dict(progress["prompts"])

@@ -1,16 +1,25 @@
 """The learner's models: the policy (an HF causal LM), a frozen reference for KL, and a critic for PPO.
 
 On several ranks each model is sharded with FSDP2 (`fully_shard` per decoder layer, then the whole model);
-fp32 on CPU, bf16 parameters with fp32 reduction on GPU.
+fp32 on CPU, bf16 parameters with fp32 reduction on GPU. Saving gathers full state dicts onto rank 0's CPU;
+loading gives every rank the full state dict and each keeps its shard (the same calls on one rank).
 """
 
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from services.contracts import GRPOConfig, JobSpec, PPOConfig
@@ -59,14 +68,16 @@ def shard(model: nn.Module) -> nn.Module:
 
 
 def build_models(spec: JobSpec, model_path: str, device: torch.device, gradient_checkpointing: bool = False) -> Models:
-    """Policy, optimiser and warm-up schedule; a frozen reference when KL is used; a critic for PPO."""
+    """Policy, optimiser and warm-up schedule; a frozen reference when KL is used; a critic for PPO (an evaluation
+    job needs neither: it only serves the policy)."""
     config: PPOConfig | GRPOConfig = spec.algorithm
     total = spec.schedule.total_steps
+    training = spec.kind == "train"
     base = load_causal_lm(model_path, device)
     reference = None
-    if config.kl_coef > 0:
+    if training and config.kl_coef > 0:
         reference = copy.deepcopy(base).eval().requires_grad_(False)
-    critic = Critic(copy.deepcopy(base)).to(device) if isinstance(config, PPOConfig) else None
+    critic = Critic(copy.deepcopy(base)).to(device) if training and isinstance(config, PPOConfig) else None
     if gradient_checkpointing:
         base.gradient_checkpointing_enable()
     policy = shard(base)
@@ -88,3 +99,30 @@ def build_models(spec: JobSpec, model_path: str, device: torch.device, gradient_
             models.critic_optimizer, total, config.critic_warmup_ratio
         )
     return models
+
+
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_state(models: Models, optimizers: bool) -> dict[str, Any]:
+    """The policy's full state dict (and the critic's and optimisers' with `optimizers`), on the CPU; a collective:
+    every rank calls it, rank 0 gets the tensors (an empty dict elsewhere when sharded)."""
+    state: dict[str, Any] = {"policy": get_model_state_dict(models.policy, options=FULL)}
+    if optimizers:
+        state["optimizer"] = get_optimizer_state_dict(models.policy, models.optimizer, options=FULL)
+        if models.critic is not None and models.critic_optimizer is not None:
+            state["critic"] = get_model_state_dict(models.critic, options=FULL)
+            state["critic_optimizer"] = get_optimizer_state_dict(models.critic, models.critic_optimizer, options=FULL)
+    return state
+
+
+def load_full_state(models: Models, state: dict[str, Any]) -> None:
+    """Load what `full_state` returned on rank 0 (every rank passes the whole of it; each keeps its shard)."""
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(models.policy, state["policy"], options=options)
+    if "optimizer" in state:
+        set_optimizer_state_dict(models.policy, models.optimizer, state["optimizer"], options=options)
+    if models.critic is not None and state.get("critic") is not None:
+        assert models.critic_optimizer is not None
+        set_model_state_dict(models.critic, state["critic"], options=options)
+        set_optimizer_state_dict(models.critic, models.critic_optimizer, state["critic_optimizer"], options=options)

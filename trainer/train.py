@@ -1,7 +1,9 @@
 """The learner entrypoint: `python -m trainer.train --job FILE --job-id ID --output-dir DIR`.
 
-Runs the learner under Ray Train's TorchTrainer (gloo on CPU, NCCL on GPU); `--no-ray` runs it in this process.
-On a KubeRay RayJob, `RAY_ADDRESS` points at the job's cluster. Exit status 0 means the job succeeded.
+Runs the learner under Ray Train's TorchTrainer (gloo on CPU, NCCL on GPU) with `resources.learner_workers` FSDP
+ranks: rank 0 drives the job (bus, weights, events, checkpoints), the others follow it (`trainer.collective`).
+`--no-ray` runs one rank in this process. On a KubeRay RayJob, `RAY_ADDRESS` points at the job's cluster.
+Exit status 0 means the job succeeded.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import logging
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ from services.config import Settings
 from services.contracts import ContractError, JobEvent, JobSpec, JobState
 from services.models import resolve_model
 from services.streams import Streams, connect
-from services.telemetry import configure_logging
+from services.telemetry import configure_logging, serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +54,26 @@ def run_learner(config: dict[str, Any]) -> None:
     """The body of one learner process (one Ray Train worker, or this process with --no-ray)."""
     from transformers import AutoTokenizer
 
+    from trainer.collective import Collective
     from trainer.data import load_data
     from trainer.learner import Learner, LearnerContext
     from trainer.policy import build_models
+    from trainer.ranks import Ranks
 
     spec = JobSpec.parse(config["spec"])
     settings = LearnerSettings.load()
     configure_logging(settings.log_level, settings.log_format)
     device = learner_device()
     torch.manual_seed(spec.schedule.seed)
+    ranks = Ranks.current(timedelta(seconds=collective_timeout_s(spec)))
     model_path = resolve_model(spec.model)
+    models = build_models(spec, model_path, device)
+    if not ranks.is_driver:
+        Collective(spec, models, device, ranks).follow()
+        return
+    serve_metrics(settings.metrics_host, settings.metrics_port, "learner")  # the driver rank's, for the PodMonitor
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     data = load_data(spec.data, base_dir=settings.data_dir)
-    models = build_models(spec, model_path, device)
 
     async def main() -> None:
         streams = Streams(connect(settings), settings)
@@ -71,6 +81,7 @@ def run_learner(config: dict[str, Any]) -> None:
             ctx = LearnerContext(
                 spec=spec, job_id=config["job_id"], output_dir=Path(config["output_dir"]), streams=streams,
                 models=models, tokenizer=tokenizer, data=data, device=device, eval_limit=settings.eval_limit,
+                ranks=ranks,
             )  # fmt: skip
             await Learner(ctx).run()
         finally:
@@ -82,13 +93,6 @@ def run_learner(config: dict[str, Any]) -> None:
 def run_with_ray_train(config: dict[str, Any], spec: JobSpec) -> None:
     import ray
 
-    if spec.resources.learner_workers > 1:
-        # Every rank would send its own rollout requests, compete for the job's scored trajectories and announce
-        # weights; the rank-0 bus driver and full-state-dict saving that several FSDP ranks need are not built yet.
-        raise NotImplementedError(
-            f"resources.learner_workers={spec.resources.learner_workers}: this learner runs one Ray Train worker "
-            "for now; set resources.learner_workers to 1"
-        )
     started_ray = not ray.is_initialized()
     if started_ray:
         ray.init(**ray_init_kwargs(LearnerSettings.load()))
@@ -119,6 +123,12 @@ def ray_init_kwargs(settings: LearnerSettings) -> dict[str, Any]:
     return kwargs
 
 
+def collective_timeout_s(spec: JobSpec) -> int:
+    """How long a rank may wait for the others. Ranks > 0 wait while rank 0 gathers rollouts: an eval and a train
+    step's rollouts, each up to three request timeouts (`Learner.rollouts`), can lie between two collectives."""
+    return 1800 + 6 * int(spec.rollout.request_timeout_s)
+
+
 def _fit(config: dict[str, Any], spec: JobSpec) -> None:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -128,7 +138,7 @@ def _fit(config: dict[str, Any], spec: JobSpec) -> None:
     trainer = TorchTrainer(
         run_learner,
         train_loop_config=config,
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", timeout_s=collective_timeout_s(spec)),
         scaling_config=ScalingConfig(
             num_workers=spec.resources.learner_workers,
             use_gpu=use_gpu,

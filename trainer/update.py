@@ -3,18 +3,27 @@
 GRPO: group-normalised outcome advantages, KL to the reference as a loss. PPO: KL (k1) in the token rewards,
 GAE with the critic's values, clipped value loss. Both: the loss mask keeps inserted tokens out of the policy
 loss, the entropy bonus and the KL; mini-batches with gradient accumulation over micro-batches; grad clipping.
+
+Micro-batches group rows of alike length (longest first) and drop the columns that are padding in all their rows,
+and logits are computed for response positions only: padding and prompts cost no vocabulary projection.
+On several ranks every rank holds the whole batch and computes its share of each mini-batch (`Ranks`); FSDP
+averages the ranks' gradients, so each rank's loss is scaled by the world size and normalised by the token count
+of the whole mini-batch: the update is the one a single rank makes on the whole batch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor
 
 from services.contracts import GRPOConfig, PPOConfig
 from trainer import algos
 from trainer.batch import TrainingBatch
+from trainer.ranks import SINGLE, Ranks
 
 
 @dataclass
@@ -45,21 +54,52 @@ class StepStats:
 
 
 def forward_logits(model: nn.Module, batch: TrainingBatch) -> Tensor:
-    output = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
+    """Logits of the positions that predict the response tokens and of the last one: `(B, R + 1, vocab)`."""
+    output = model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+        logits_to_keep=batch.response_len + 1,
+    )  # fmt: skip
     return output.logits
+
+
+def longest_first(batch: TrainingBatch, rows: Tensor) -> Tensor:
+    """`rows` ordered by length, longest first, so that micro-batches hold rows of alike length."""
+    return rows[torch.argsort(batch.lengths()[rows], descending=True, stable=True)]
+
+
+def pad_columns(values: Tensor, width: int) -> Tensor:
+    """`(b, r)` values of a compacted micro-batch padded with zeros back to the batch's `width` response columns."""
+    return nn.functional.pad(values, (0, width - values.shape[1]))
 
 
 def sequence_logprobs(model: nn.Module, batch: TrainingBatch, temperature: float) -> Tensor:
     return algos.response_logprobs(forward_logits(model, batch), batch.input_ids, batch.response_len, temperature)
 
 
+def rows_in_chunks(
+    compute: Callable[[TrainingBatch], Tensor], batch: TrainingBatch, chunk: int, ranks: Ranks = SINGLE
+) -> Tensor:
+    """`compute` (`(b, r)` values of a compacted batch) over every row of `batch`, `chunk` rows at a time, each
+    rank on its share; `(B, R)` values of all rows on every rank."""
+    order = longest_first(batch, torch.arange(len(batch)))
+    parts: list[Tensor] = []
+    for index in ranks.micro_batches(order, chunk):
+        out = compute(batch.select(index if index is not None else [0]).compact())  # out of rows: still join FSDP
+        parts.append(
+            pad_columns(out, batch.response_len) if index is not None else out.new_zeros(0, batch.response_len)
+        )
+    in_order = ranks.gather_rows(torch.cat(parts), len(batch))
+    result = torch.empty_like(in_order)
+    result[order.to(in_order.device)] = in_order
+    return result
+
+
 @torch.no_grad()
-def logprobs_in_chunks(model: nn.Module, batch: TrainingBatch, temperature: float, chunk: int) -> Tensor:
+def logprobs_in_chunks(
+    model: nn.Module, batch: TrainingBatch, temperature: float, chunk: int, ranks: Ranks = SINGLE
+) -> Tensor:
     model.eval()
-    parts = [
-        sequence_logprobs(model, batch.select(slice(i, i + chunk)), temperature) for i in range(0, len(batch), chunk)
-    ]
-    return torch.cat(parts)
+    return rows_in_chunks(lambda part: sequence_logprobs(model, part, temperature), batch, chunk, ranks)
 
 
 def critic_values(critic: nn.Module, batch: TrainingBatch) -> Tensor:
@@ -76,6 +116,7 @@ def advantages_for(
     logprobs: Tensor,
     ref_logprobs: Tensor | None,
     chunk: int,
+    ranks: Ranks = SINGLE,
 ) -> tuple[Tensor, Tensor | None, Tensor | None, dict[str, float]]:
     """(advantages, returns, old values, stats) for the whole batch, before any update."""
     stats: dict[str, float] = {}
@@ -90,36 +131,42 @@ def advantages_for(
         )
         stats["kl_in_reward"] = float(algos.masked_mean(kl, loss_mask))
     assert models.critic is not None, "PPO needs a critic"
+    critic = models.critic
     with torch.no_grad():
-        models.critic.eval()
-        old_values = torch.cat(
-            [critic_values(models.critic, batch.select(slice(i, i + chunk))) for i in range(0, len(batch), chunk)]
-        )
+        critic.eval()
+        old_values = rows_in_chunks(lambda part: critic_values(critic, part), batch, chunk, ranks)
     advantages, returns = algos.compute_gae(token_rewards, old_values, response_mask, config.gamma, config.lam)
     return advantages, returns, old_values, stats
 
 
 def train_step(
-    config: PPOConfig | GRPOConfig, batch: TrainingBatch, models: Models, temperature: float = 1.0
+    config: PPOConfig | GRPOConfig,
+    batch: TrainingBatch,
+    models: Models,
+    temperature: float = 1.0,
+    ranks: Ranks = SINGLE,
 ) -> dict[str, float]:
-    """Advantages for `batch`, then `epochs` passes of mini-batch updates. Returns mean statistics."""
+    """Advantages for `batch`, then `epochs` passes of mini-batch updates. Returns mean statistics (the same on
+    every rank)."""
     chunk = config.micro_batch_size
-    old_logprobs = logprobs_in_chunks(models.policy, batch, temperature, chunk)
+    old_logprobs = logprobs_in_chunks(models.policy, batch, temperature, chunk, ranks)
     ref_logprobs = (
-        logprobs_in_chunks(models.reference, batch, temperature, chunk) if models.reference is not None else None
+        logprobs_in_chunks(models.reference, batch, temperature, chunk, ranks) if models.reference is not None else None
     )
-    advantages, returns, old_values, extra = advantages_for(config, batch, models, old_logprobs, ref_logprobs, chunk)
+    advantages, returns, old_values, extra = advantages_for(
+        config, batch, models, old_logprobs, ref_logprobs, chunk, ranks
+    )
     stats = StepStats()
     for name, value in extra.items():
         stats.add(name, value)
     stats.add("behaviour_kl", algos.masked_mean(batch.behaviour_logprobs - old_logprobs, batch.loss_mask))
     mini = min(config.mini_batch_size * config.group_size, len(batch))
     for _ in range(config.epochs):
-        order = torch.randperm(len(batch))
+        order = ranks.broadcast(torch.randperm(len(batch)))  # rank 0's shuffle: every rank takes the same rows
         for start in range(0, len(batch), mini):
             rows = order[start : start + mini]
             _update_minibatch(config, batch, rows, models, old_logprobs, ref_logprobs, advantages, returns, old_values,
-                              temperature, stats)  # fmt: skip
+                              temperature, stats, ranks)  # fmt: skip
     result = stats.means()
     result["lr"] = models.optimizer.param_groups[0]["lr"]
     models.scheduler.step()
@@ -131,7 +178,7 @@ def train_step(
 def _update_minibatch(
     config: PPOConfig | GRPOConfig, batch: TrainingBatch, rows: Tensor, models: Models, old_logprobs: Tensor,
     ref_logprobs: Tensor | None, advantages: Tensor, returns: Tensor | None, old_values: Tensor | None,
-    temperature: float, stats: StepStats,
+    temperature: float, stats: StepStats, ranks: Ranks,
 ) -> None:  # fmt: skip
     policy = models.policy
     policy.train()
@@ -140,41 +187,52 @@ def _update_minibatch(
     kl_loss = ref_logprobs is not None and not config.kl_in_reward
     names = ("policy_loss", "entropy", "clip_fraction", "approx_kl", *(("kl",) if kl_loss else ()))
     sums = dict.fromkeys(names, 0.0)
-    for start in range(0, len(rows), config.micro_batch_size):
-        index = rows[start : start + config.micro_batch_size]
-        part = batch.select(index)
+    for micro in ranks.micro_batches(longest_first(batch, rows), config.micro_batch_size):
+        index = micro if micro is not None else rows[:1]  # a rank out of rows still joins FSDP's collectives
+        weight = float(ranks.world) if micro is not None else 0.0  # undoes FSDP's mean over ranks
+        part = batch.select(index).compact()
+        r = part.response_len
         share = float(part.loss_mask.sum()) / tokens
         logits = forward_logits(policy, part)
-        logprobs = algos.response_logprobs(logits, part.input_ids, part.response_len, temperature)
+        logprobs = algos.response_logprobs(logits, part.input_ids, r, temperature)
         out = algos.ppo_policy_loss(
-            logprobs, old_logprobs[index], advantages[index], part.loss_mask, config.clip_eps, normalizer=tokens
+            logprobs, old_logprobs[index, :r], advantages[index, :r], part.loss_mask, config.clip_eps, normalizer=tokens
         )
-        entropy = algos.masked_entropy(
-            logits[:, -part.response_len - 1 : -1], part.loss_mask, temperature, normalizer=tokens
-        )
+        entropy = algos.masked_entropy(logits[:, -r - 1 : -1], part.loss_mask, temperature, normalizer=tokens)
         loss = out.loss - config.entropy_coef * entropy
         if kl_loss:
             assert ref_logprobs is not None
-            kl = algos.kl_loss(logprobs, ref_logprobs[index], part.loss_mask, config.kl_estimator, normalizer=tokens)
+            kl = algos.kl_loss(
+                logprobs, ref_logprobs[index, :r], part.loss_mask, config.kl_estimator, normalizer=tokens
+            )
             loss = loss + config.kl_coef * kl
+        (loss * weight).backward()
+        if micro is None:
+            continue
+        if kl_loss:
             sums["kl"] += float(kl.detach())
-        loss.backward()
         sums["policy_loss"] += float(out.loss.detach())
         sums["entropy"] += float(entropy.detach())
         sums["clip_fraction"] += float(out.clip_fraction) * share
         sums["approx_kl"] += float(out.approx_kl) * share
-    for name, value in sums.items():
+    for name, value in ranks.sum(sums).items():
         stats.add(name, value)
-    stats.add("grad_norm", nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip))
+    stats.add("grad_norm", clip_gradients(policy, config.grad_clip))
     models.optimizer.step()
     if isinstance(config, PPOConfig) and models.critic is not None:
         assert returns is not None and old_values is not None and models.critic_optimizer is not None
-        _update_critic(config, batch, rows, models, returns, old_values, stats)
+        _update_critic(config, batch, rows, models, returns, old_values, stats, ranks)
+
+
+def clip_gradients(model: nn.Module, max_norm: float) -> float:
+    """Clip the gradients' global norm (over all ranks' shards); returns the norm before clipping."""
+    norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
 
 
 def _update_critic(
     config: PPOConfig, batch: TrainingBatch, rows: Tensor, models: Models, returns: Tensor, old_values: Tensor,
-    stats: StepStats,
+    stats: StepStats, ranks: Ranks,
 ) -> None:  # fmt: skip
     critic = models.critic
     assert critic is not None and models.critic_optimizer is not None
@@ -182,15 +240,17 @@ def _update_critic(
     models.critic_optimizer.zero_grad(set_to_none=True)
     tokens = float(batch.response_mask[rows].sum().clamp(min=1))
     value_loss = 0.0
-    for start in range(0, len(rows), config.micro_batch_size):
-        index = rows[start : start + config.micro_batch_size]
-        part = batch.select(index)
+    for micro in ranks.micro_batches(longest_first(batch, rows), config.micro_batch_size):
+        index = micro if micro is not None else rows[:1]
+        part = batch.select(index).compact()
+        r = part.response_len
         values = critic_values(critic, part)
         out = algos.clipped_value_loss(
-            values, old_values[index], returns[index], part.response_mask, config.value_clip, normalizer=tokens
+            values, old_values[index, :r], returns[index, :r], part.response_mask, config.value_clip, normalizer=tokens
         )
-        out.loss.backward()
-        value_loss += float(out.loss.detach())
-    stats.add("value_loss", value_loss)
-    nn.utils.clip_grad_norm_(critic.parameters(), config.grad_clip)
+        (out.loss * (float(ranks.world) if micro is not None else 0.0)).backward()
+        if micro is not None:
+            value_loss += float(out.loss.detach())
+    stats.add("value_loss", ranks.sum({"value_loss": value_loss})["value_loss"])
+    clip_gradients(critic, config.grad_clip)
     models.critic_optimizer.step()

@@ -36,14 +36,16 @@ def folder_checksum(folder: Path) -> str:
 
 
 def save_version(
-    model: Any, tokenizer: Any, root: Path, job_id: str, version: int, step: int, keep: int = 2
-) -> WeightsPublished:
-    """Write `model` (a transformers PreTrainedModel) as version `version`; returns the announcement."""
+    model: Any, tokenizer: Any, root: Path, job_id: str, version: int, step: int, keep: int = 2,
+    state_dict: dict[str, Any] | None = None,
+) -> WeightsPublished:  # fmt: skip
+    """Write `model` (a transformers PreTrainedModel; its weights, or `state_dict`, the full state of a sharded
+    one) as version `version`; returns the announcement."""
     final = version_dir(root, job_id, version)
     staging = final.with_name(final.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    model.save_pretrained(staging, safe_serialization=True)
+    model.save_pretrained(staging, safe_serialization=True, state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(staging)
     checksum = folder_checksum(staging)

@@ -17,7 +17,10 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
+import torch
+from safetensors.torch import load_file
 from standin_rollout import Tiers
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from services.config import Settings
 from services.contracts import (
@@ -81,7 +84,7 @@ def tiers(settings: Settings) -> Iterator[Tiers]:
 
 
 def run_job(spec: dict[str, Any], job_id: str, output_dir: Path) -> int:
-    job_file = output_dir.parent / f"{job_id}-{spec['schedule']['total_steps']}.json"
+    job_file = output_dir.parent / f"{job_id}-{spec.get('schedule', {}).get('total_steps', 0)}.json"
     job_file.write_text(json.dumps(spec))
     return main(["--job", str(job_file), "--job-id", job_id, "--output-dir", str(output_dir), "--no-ray"])
 
@@ -177,6 +180,27 @@ def test_grpo_job_trains_evaluates_checkpoints_and_resumes(learner_env: Settings
     assert not set(step3) & set(step1)
 
 
+def test_a_time_limit_ends_training_early_with_the_final_eval_and_checkpoint(
+    learner_env: Settings, tiers: Tiers, tmp_path: Path
+) -> None:
+    spec = job_spec("grpo", total_steps=5, eval_questions=2)
+    # Any step ends past a one-millisecond budget, so the first is the last, whatever the machine's speed.
+    spec["schedule"].update(save_interval=100, eval_interval=100, time_limit_s=0.001)
+    assert run_job(spec, "timed-job", tmp_path / "out") == 0
+    found = events(learner_env, "timed-job")
+    assert [(e.state, e.message) for e in of_kind(found, "state")] == [
+        (JobState.RUNNING, ""), (JobState.SUCCEEDED, "trained 1 of 5 steps: time limit of 0.001 s reached"),
+    ]  # fmt: skip
+    assert_step_metrics(of_kind(found, "metrics"), [1], trajectories=4)
+    assert [e.step for e in of_kind(found, "eval")] == [0, 1], "the last step done is evaluated as the final one"
+    [checkpoint] = of_kind(found, "checkpoint")
+    assert (
+        checkpoint.step == 1
+        and json.loads((Path(str(checkpoint.data["path"])) / "progress.json").read_text())["step"] == 1
+    )
+    assert [w.version for w in announced(learner_env, "timed-job")] == [1]
+
+
 def test_ppo_job_trains_with_a_critic(learner_env: Settings, tiers: Tiers, tmp_path: Path) -> None:
     spec = job_spec("ppo", total_steps=1, critic_lr=1e-3, critic_warmup_ratio=0.0, micro_batch_size=1)
     assert run_job(spec, "ppo-job", tmp_path / "out") == 0
@@ -198,6 +222,46 @@ def test_missing_trajectories_fail_the_job_with_a_clear_timeout(learner_env: Set
     assert running.state == JobState.RUNNING and failed.state == JobState.FAILED
     assert failed.message.startswith("TimeoutError: job lonely-job: 4 trajectories still missing after 0.9s")
     assert "are the rollout and reward tiers running?" in failed.message
+
+
+def test_an_evaluation_job_serves_its_model_to_the_rollout_tier_and_reports_em(
+    learner_env: Settings, tiers: Tiers, tmp_path: Path
+) -> None:
+    # The evaluated model is not the rollout tier's base model: the tiny model with every weight moved.
+    evaluated = tmp_path / "evaluated"
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(MODEL), dtype=torch.float32)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.01)
+    model.save_pretrained(evaluated)
+    AutoTokenizer.from_pretrained(resolve_model(MODEL)).save_pretrained(evaluated)
+    spec = {
+        "name": "eval-job", "kind": "eval", "model": str(evaluated), "algorithm": {"name": "grpo"},
+        "data": {"eval": [{"path": "eval/nq_test.jsonl", "limit": 3, "label": "nq"},
+                          {"path": "eval/hotpotqa_dev.jsonl", "limit": 2, "label": "hotpotqa"}]},
+        "rollout": job_spec("grpo", 1)["rollout"],
+    }  # fmt: skip
+    assert run_job(spec, "eval-job", tmp_path / "out") == 0
+
+    found = events(learner_env, "eval-job")
+    [running, succeeded] = of_kind(found, "state")
+    assert (running.state, succeeded.state) == (JobState.RUNNING, JobState.SUCCEEDED)
+    assert succeeded.message == "EM hotpotqa 1.000, nq 1.000"
+    [result] = of_kind(found, "eval")
+    assert result.data == {"eval_em/nq": 1.0, "eval_em/hotpotqa": 1.0}, "greedy samples answer with the gold"
+    progress = [(e.data["done"], e.data["total"]) for e in of_kind(found, "progress")]
+    assert progress[0] == (0, 5) and progress[-1] == (5, 5)
+    assert [done for done, _ in progress] == sorted(done for done, _ in progress)
+    assert not of_kind(found, "metrics") and not of_kind(found, "checkpoint"), "nothing is trained or saved"
+
+    [published] = announced(learner_env, "eval-job")
+    assert published.version == 1, "version 0 is the engines' own base model; the evaluated one comes after it"
+    served, wanted = load_file(verify(published) / "model.safetensors"), load_file(evaluated / "model.safetensors")
+    assert served.keys() == wanted.keys() and all(torch.equal(served[k], wanted[k]) for k in wanted)
+    assert tiers.rollout is not None
+    requests = [r for r in tiers.rollout.requests if r.job_id == "eval-job"]
+    assert len(requests) == 5 and all(r.is_eval and r.sampling.temperature == 0 for r in requests)
+    assert {tiers.rollout.served_versions[r.msg_id] for r in requests} == {1}, "the engines ran the evaluated model"
 
 
 def scored(request: RolloutRequest, version: int, request_id: str | None = None) -> ScoredTrajectory:
@@ -251,10 +315,13 @@ def test_a_too_stale_trajectory_is_dropped_and_its_sample_requested_again(settin
 
 
 @pytest.mark.slow
-def test_the_entrypoint_trains_under_ray_train(worker_env: dict[str, str], settings: Settings, tiers: Tiers,
-                                               tmp_path: Path) -> None:  # fmt: skip
+def test_the_entrypoint_trains_two_fsdp_ranks_under_ray_train(
+    worker_env: dict[str, str], settings: Settings, tiers: Tiers, tmp_path: Path
+) -> None:
     job_file = tmp_path / "job.json"
-    job_file.write_text(json.dumps(job_spec("grpo", total_steps=1)))
+    spec = job_spec("grpo", total_steps=1)
+    spec["resources"] = {"learner_workers": 2, "learner_cpus_per_worker": 1}
+    job_file.write_text(json.dumps(spec))
     env = dict(worker_env, SEARCHR1_DATA_DIR=str(DATA), SEARCHR1_RAY_NUM_CPUS="2", SEARCHR1_RAY_OBJECT_STORE_MB="200",
                RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")  # fmt: skip
     env.pop("RAY_ADDRESS", None)
@@ -268,4 +335,13 @@ def test_the_entrypoint_trains_under_ray_train(worker_env: dict[str, str], setti
     [published] = announced(settings, "ray-job")
     assert published.version == 1
     verify(published)
+    assert folder_checksum(Path(resolve_model(MODEL))) != published.checksum, "the update changed the policy"
+    [checkpoint] = of_kind(found, "checkpoint")
+    saved = Path(str(checkpoint.data["path"]))
+    assert (saved / "policy" / "model.safetensors").is_file(), "rank 0 wrote the full (gathered) policy"
+    weights = load_file(saved / "policy" / "model.safetensors")
+    moments = torch.load(saved / "trainer_state.pt", weights_only=False)["optimizer"]["state"]
+    assert set(moments) == set(weights), "the optimiser state of every parameter, by name"
+    for name, tensor in weights.items():
+        assert moments[name]["exp_avg"].shape == tensor.shape, f"{name}: a shard, not the gathered state"
     assert (tmp_path / "out" / "ray").is_dir(), "Ray Train's run folder sits in the job's output folder"

@@ -10,6 +10,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from services.contracts import JobSpec, ScoredTrajectory, Trajectory, VersionSpan
+from trainer import algos
 from trainer.batch import collate
 from trainer.policy import build_models
 from trainer.update import logprobs_in_chunks, train_step
@@ -80,3 +81,29 @@ def test_training_moves_probability_towards_the_rewarded_response(model_dir: Pat
     expected = {"policy_loss", "entropy", "clip_fraction", "approx_kl", "grad_norm", "lr"}
     expected |= {"value_loss", "kl_in_reward"} if algorithm == "ppo" else {"kl"}
     assert expected <= set(stats), set(stats)
+
+
+def test_compacted_length_sorted_micro_batches_give_the_logprobs_of_one_full_width_forward(model_dir: Path) -> None:
+    spec = spec_for("grpo")
+    models = build_models(spec, str(model_dir), torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    items = []
+    for row in range(5):  # prompts of 2-9 tokens, responses of 1-19: every micro-batch has its own padding
+        prompt, response = rng.integers(1, 32, rng.integers(2, 10)), rng.integers(1, 32, rng.integers(1, 20))
+        trajectory = Trajectory(
+            job_id="j", request_id=f"r{row}", prompt_uid="u", prompt_ids=prompt, response_ids=response,
+            loss_mask=np.ones(response.size, dtype=np.uint8), logprobs=np.zeros(response.size),
+            version_spans=[VersionSpan(start=0, end=response.size, version=0)],
+        )  # fmt: skip
+        items.append(ScoredTrajectory(trajectory=trajectory, reward=0.0))
+    batch = collate(items, pad_id=0)
+    with torch.no_grad():
+        logits = models.policy(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+        ).logits
+        whole = algos.response_logprobs(logits, batch.input_ids, batch.response_len) * batch.response_mask
+    chunked = logprobs_in_chunks(models.policy, batch, 1.0, 2)
+    assert chunked.shape == whole.shape
+    torch.testing.assert_close(chunked * batch.response_mask, whole, rtol=1e-5, atol=1e-5)
+    shortest = batch.select(batch.lengths().argsort()[:2]).compact()
+    assert shortest.input_ids.shape[1] < batch.input_ids.shape[1], "nothing was trimmed"

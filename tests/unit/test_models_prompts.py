@@ -6,9 +6,21 @@ from pathlib import Path
 
 import pytest
 
-from rollout.agent import HFTextCodec
+from reward.scoring import check_format, extract_answer
+from rollout.agent import HFTextCodec, parse_action
 from services.models import SMOLLM2, TAG_TOKENS, TINY_QWEN2, build_tiny_tokenizer, registry_names, resolve_model
-from services.prompts import INSTRUCTION, build_prompt_ids, normalize_question, prompt_text, render_prompt
+from services.prompts import (
+    EXAMPLES,
+    INSTRUCTION,
+    RULES,
+    build_prompt_ids,
+    build_turn_prefix_ids,
+    normalize_question,
+    prompt_messages,
+    prompt_text,
+    render_prompt,
+    turn_prefix,
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +52,51 @@ def test_plain_text_without_a_chat_template(tokenizer):
     tokenizer = build_tiny_tokenizer()
     tokenizer.chat_template = None
     assert render_prompt(tokenizer, "q") == prompt_text("q")
+
+
+def test_few_shot_prompt_is_rules_then_worked_examples_then_the_question(tokenizer):
+    messages = prompt_messages("capital of france", "few_shot")
+    assert messages[0] == {"role": "system", "content": RULES}
+    assert [m["role"] for m in messages[1:]] == ["user", "assistant"] * len(EXAMPLES) + ["user"]
+    assert messages[-1]["content"] == "Question: capital of france?"
+    rendered = render_prompt(tokenizer, "capital of france", "few_shot")
+    assert rendered.startswith("<|im_start|>system\n" + RULES)
+    assert rendered.endswith("Question: capital of france?<|im_end|>\n<|im_start|>assistant\n")
+    assert tokenizer.decode(build_prompt_ids(tokenizer, "capital of france", style="few_shot")) == rendered
+    assert len(build_prompt_ids(tokenizer, "q", style="few_shot")) > len(build_prompt_ids(tokenizer, "q"))
+
+
+@pytest.mark.parametrize(("question", "worked"), EXAMPLES)
+def test_every_worked_example_is_an_episode_the_reward_calls_valid(question: str, worked: str):
+    """The examples teach exactly the format the reward pays for: think, search, information, think, answer."""
+    assert check_format(worked).valid, check_format(worked).reason
+    assert parse_action(worked)[0] == "search"
+    answer = extract_answer(worked)
+    assert answer and answer in worked.split("<information>")[1].split("</information>")[0], "found by the search"
+    turns = worked.split("</information>\n\n")
+    assert len(turns) == 2 and all(turn.startswith(turn_prefix("few_shot")) for turn in turns), "turns open a think"
+
+
+def test_few_shot_turns_open_a_think_block_and_instruct_turns_open_nothing(tokenizer):
+    assert turn_prefix("few_shot") == "<think>" and turn_prefix("instruct") == ""
+    assert tokenizer.decode(build_turn_prefix_ids(tokenizer, "few_shot")) == "<think>"
+    assert build_turn_prefix_ids(tokenizer, "instruct") == []
+    # What the model continues from the prefix is judged as one response by the reward's format check.
+    assert check_format(turn_prefix("few_shot") + " easy </think>\n<answer> Paris </answer>").valid
+
+
+def test_unknown_prompt_styles_are_refused_by_name(tokenizer):
+    for call in (lambda: prompt_messages("q", "chatty"), lambda: turn_prefix("chatty")):  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="unknown prompt style 'chatty'; choose one of instruct, few_shot"):
+            call()
+
+
+def test_few_shot_without_a_chat_template_is_plain_text(tokenizer):
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.chat_template = None
+    text = render_prompt(tokenizer, "q", "few_shot")
+    assert text.startswith(RULES) and text.endswith("Question: q?\n")
+    assert all(worked in text for _, worked in EXAMPLES)
 
 
 def test_tiny_tokenizer_keeps_tags_whole_and_visible(tokenizer):

@@ -1,4 +1,4 @@
-"""The jobs REST API: submit, list, inspect, follow and cancel training jobs.
+"""The jobs REST API: submit, list, inspect, follow and cancel training jobs; submit and inspect evaluations.
 
 Run with `python -m services.api.app` (settings from SEARCHR1_* env). Every route but health and metrics needs
 `Authorization: Bearer <SEARCHR1_API_TOKEN>` when a token is configured.
@@ -16,17 +16,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import uvicorn
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import make_asgi_app
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 
-from services.config import Settings
-from services.contracts import PRESETS, ContractError, JobSpec, JobState
+from services.config import SHARED_DATA_DIR, Settings
+from services.contracts import PRESETS, ContractError, JobSpec, JobState, RolloutConfig
 from services.streams import Streams, connect
 from services.telemetry import configure_logging
 
+from .evaluations import Evaluation, EvaluationList, EvaluationRequest, checkpoint_of, eval_sources, eval_spec, view
 from .kuberay import KubeRayLauncher, KubeRaySettings
 from .launchers import DEFAULT_ENTRYPOINT, Launcher, LocalLauncher
 from .scheduler import Scheduler
@@ -45,12 +46,62 @@ class ApiSettings(Settings):
     work_dir: Path = Path("var")
     learner_entrypoint: str = DEFAULT_ENTRYPOINT
     scheduler_interval_s: float = Field(1.0, gt=0)
+    shared_data_dir: Path = Field(
+        SHARED_DATA_DIR, description="the data kit whose eval/ sets evaluations name, as the learners see it"
+    )
 
 
 def build_launcher(settings: ApiSettings) -> Launcher:
     if settings.launcher == "kuberay":
         return KubeRayLauncher(settings.kuberay)
     return LocalLauncher(settings.work_dir, settings.learner_entrypoint)
+
+
+class ErrorDetail(BaseModel):
+    detail: str = Field(description="what is wrong, naming the field where a field is wrong")
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorDetail, "description": description}
+
+
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: _error("no bearer token"), 403: _error("wrong bearer token"),
+}  # fmt: skip
+NOT_FOUND = {404: _error("no such job")}
+INVALID = {422: _error("invalid request body; the detail names the field")}
+
+
+def _body_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def _add_component_schemas(app: FastAPI, models: list[type[BaseModel]]) -> None:
+    """Put the JSON schemas of request models that routes read themselves (to answer readable 422s) into the
+    OpenAPI components, where the routes' request bodies refer to them."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(model_schema.pop("$defs", {}))
+                components[model.__name__] = model_schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+async def _json_object(request: Request, what: str) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HTTPException(422, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise HTTPException(422, f"request body must be a JSON object: {what}")
+    return body
 
 
 def create_app(settings: ApiSettings) -> FastAPI:
@@ -71,6 +122,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             await streams.redis.aclose()
 
     app = FastAPI(title="searchr1", version="0.1.0", lifespan=lifespan)
+    local_learners = settings.launcher == "local"  # they read this machine's files: the API can check data paths
     bearer = HTTPBearer(auto_error=False)
 
     def authorize(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
@@ -105,40 +157,29 @@ def create_app(settings: ApiSettings) -> FastAPI:
         return JSONResponse({"status": "ready"})
 
     app.mount("/metrics", make_asgi_app())
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)], responses=AUTH_ERRORS)
 
-    submit_schema = {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "oneOf": [
-                            {"$ref": "#/components/schemas/JobSpec"},
-                            {
-                                "type": "object",
-                                "required": ["preset"],
-                                "properties": {
-                                    "preset": {"type": "string", "enum": sorted(PRESETS)},
-                                    "overrides": {"type": "object"},
-                                },
-                                "additionalProperties": False,
-                            },
-                        ]
-                    }
-                }
-            },
+    submit_schema = _body_schema(
+        {
+            "oneOf": [
+                {"$ref": "#/components/schemas/JobSpec"},
+                {
+                    "type": "object",
+                    "required": ["preset"],
+                    "properties": {
+                        "preset": {"type": "string", "enum": sorted(PRESETS)},
+                        "overrides": {"type": "object"},
+                    },
+                    "additionalProperties": False,
+                },
+            ]
         }
-    }
+    )
 
-    @app.post("/v1/jobs", status_code=201, dependencies=[Depends(authorize)], openapi_extra=submit_schema)
+    @v1.post("/jobs", status_code=201, openapi_extra=submit_schema, responses=INVALID)
     async def submit(request: Request) -> JSONResponse:
         """Submit a JobSpec, or `{"preset": NAME, "overrides": {...}}`."""
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise HTTPException(422, f"request body is not valid JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise HTTPException(422, "request body must be a JSON object: a JobSpec or {preset, overrides}")
+        body = await _json_object(request, "a JobSpec or {preset, overrides}")
         try:
             if "preset" in body:
                 unknown = set(body) - {"preset", "overrides"}
@@ -155,21 +196,23 @@ def create_app(settings: ApiSettings) -> FastAPI:
         job = await store(request).create(spec)
         return JSONResponse(job.to_api(), status_code=201)
 
-    @app.get("/v1/jobs", dependencies=[Depends(authorize)])
+    @v1.get("/jobs")
     async def list_jobs(
         request: Request,
         state: JobState | None = None,
+        kind: Literal["train", "eval"] | None = None,
         offset: int = Query(0, ge=0),
         limit: int = Query(50, ge=1, le=500),
     ) -> dict[str, Any]:
-        jobs, total = await store(request).list(state, offset, limit)
+        """Jobs newest first: trainings and evaluations (`kind` keeps one of them)."""
+        jobs, total = await store(request).list(state, offset, limit, kind)
         return {"jobs": [job.to_api() for job in jobs], "total": total, "offset": offset, "limit": limit}
 
-    @app.get("/v1/jobs/{job_id}", dependencies=[Depends(authorize)])
+    @v1.get("/jobs/{job_id}", responses=NOT_FOUND)
     async def get_job(request: Request, job_id: str) -> dict[str, Any]:
         return (await store(request).get(job_id)).to_api()
 
-    @app.post("/v1/jobs/{job_id}/cancel", dependencies=[Depends(authorize)])
+    @v1.post("/jobs/{job_id}/cancel", responses={**NOT_FOUND, 409: _error("the job has already ended")})
     async def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
         return (await request.app.state.scheduler.cancel(job_id)).to_api()
 
@@ -178,15 +221,17 @@ def create_app(settings: ApiSettings) -> FastAPI:
         await store(request).get(job_id)
         return [{"step": e.step, **e.data} for _, e in await store(request).events(job_id) if e.event == kind]
 
-    @app.get("/v1/jobs/{job_id}/metrics", dependencies=[Depends(authorize)])
+    @v1.get("/jobs/{job_id}/metrics", responses=NOT_FOUND)
     async def job_metrics(request: Request, job_id: str) -> dict[str, Any]:
         return {"job_id": job_id, "history": await steps_of(request, job_id, "metrics")}
 
-    @app.get("/v1/jobs/{job_id}/checkpoints", dependencies=[Depends(authorize)])
+    @v1.get("/jobs/{job_id}/checkpoints", responses=NOT_FOUND)
     async def job_checkpoints(request: Request, job_id: str) -> dict[str, Any]:
         return {"job_id": job_id, "checkpoints": await steps_of(request, job_id, "checkpoint")}
 
-    @app.get("/v1/jobs/{job_id}/events", dependencies=[Depends(authorize)])
+    event_stream = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}, **NOT_FOUND}
+
+    @v1.get("/jobs/{job_id}/events", response_class=StreamingResponse, responses=event_stream)
     async def job_events(request: Request, job_id: str, follow: bool = True) -> StreamingResponse:
         """Server-sent events: every event of the job; with `follow`, until the job has ended."""
         job_store = store(request)
@@ -207,6 +252,69 @@ def create_app(settings: ApiSettings) -> FastAPI:
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
+    # -- evaluations: jobs of kind `eval` ------------------------------------------------------------------
+    async def evaluation_of(job_store: JobStore, evaluation_id: str) -> Evaluation:
+        try:
+            job = await job_store.get(evaluation_id)
+        except JobNotFound:
+            job = None
+        if job is None or job.spec.kind != "eval":
+            raise HTTPException(404, f"no evaluation with id {evaluation_id!r}")
+        return view(job, [event for _, event in await job_store.events(job.id)])
+
+    async def evaluated(job_store: JobStore, evaluation: EvaluationRequest) -> tuple[str, RolloutConfig, dict]:
+        """(model, rollout config, origin) of what an evaluation evaluates: a model, or a job's checkpoint."""
+        if evaluation.job_id is None:
+            assert evaluation.model is not None  # parse() requires one of them
+            return evaluation.model, evaluation.rollout or RolloutConfig(), {}
+        try:
+            job = await job_store.get(evaluation.job_id)
+        except JobNotFound:
+            raise HTTPException(404, f"EvaluationRequest.job_id: no job with id {evaluation.job_id!r}") from None
+        checkpoints = [event for _, event in await job_store.events(job.id) if event.event == "checkpoint"]
+        step, policy = checkpoint_of(job, checkpoints, evaluation.step)
+        return policy, evaluation.rollout or job.spec.rollout, {"job_id": job.id, "step": step}
+
+    @v1.post(
+        "/evaluations", status_code=201, response_model=Evaluation,
+        openapi_extra=_body_schema({"$ref": "#/components/schemas/EvaluationRequest"}),
+        responses={404: _error("no job with that job_id"), **INVALID},
+    )  # fmt: skip
+    async def submit_evaluation(request: Request) -> Evaluation:
+        """Evaluate a model, or a training job's checkpoint (`job_id`, `step`: default the latest), on data sets
+        of the shared data kit (`datasets`) and/or JSONL files (`paths`): greedy exact match per data set."""
+        body = await _json_object(request, "an EvaluationRequest")
+        job_store = store(request)
+        try:
+            evaluation = EvaluationRequest.parse(body)
+            model, rollout, origin = await evaluated(job_store, evaluation)
+            sources = eval_sources(evaluation, settings.shared_data_dir, check_files=local_learners)
+            spec = eval_spec(evaluation, model, sources, rollout)
+        except ContractError as exc:
+            raise HTTPException(422, str(exc)) from None
+        created = await job_store.create(spec, origin)
+        return view(created, [])
+
+    @v1.get("/evaluations", response_model=EvaluationList)
+    async def list_evaluations(
+        request: Request,
+        state: JobState | None = None,
+        offset: int = Query(0, ge=0),
+        limit: int = Query(50, ge=1, le=500),
+    ) -> EvaluationList:
+        """Evaluations newest first, with their results once done."""
+        job_store = store(request)
+        jobs, total = await job_store.list(state, offset, limit, kind="eval")
+        found = [view(job, [event for _, event in await job_store.events(job.id)]) for job in jobs]
+        return EvaluationList(evaluations=found, total=total, offset=offset, limit=limit)
+
+    @v1.get("/evaluations/{evaluation_id}", response_model=Evaluation, responses={404: _error("no such evaluation")})
+    async def get_evaluation(request: Request, evaluation_id: str) -> Evaluation:
+        """An evaluation's state, progress and, once done, exact match per data set."""
+        return await evaluation_of(store(request), evaluation_id)
+
+    app.include_router(v1)
+    _add_component_schemas(app, [JobSpec, EvaluationRequest])
     return app
 
 

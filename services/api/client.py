@@ -1,4 +1,4 @@
-"""A small HTTP client of the jobs API, used by the `searchr1 jobs` commands."""
+"""A small HTTP client of the jobs API, used by the `searchr1 jobs` and `searchr1 eval` commands."""
 
 from __future__ import annotations
 
@@ -53,6 +53,17 @@ class JobsClient:
 
     def metrics(self, job_id: str) -> list[dict[str, Any]]:
         return self._call("GET", f"/v1/jobs/{job_id}/metrics")["history"]
+
+    def submit_evaluation(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Submit an EvaluationRequest; an evaluation is a job, so `events` and `cancel` take its id too."""
+        return self._call("POST", "/v1/evaluations", json=body)
+
+    def evaluation(self, evaluation_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/evaluations/{evaluation_id}")
+
+    def evaluations(self, state: str | None = None, limit: int = 50) -> dict[str, Any]:
+        params = {"limit": limit, **({"state": state} if state else {})}
+        return self._call("GET", "/v1/evaluations", params=params)
 
     def events(self, job_id: str, follow: bool) -> Iterator[JobEvent]:
         """The job's events as they come (server-sent events); with `follow`, until the job ends."""

@@ -1,4 +1,5 @@
-"""The job store: training jobs in Redis, with atomic state transitions and a FIFO admission queue.
+"""The job store: jobs (trainings and evaluations) in Redis, with atomic state transitions and a FIFO admission
+queue.
 
 A job is a hash (`<prefix>:jobs:<id>`); `<prefix>:jobs:index` orders jobs by creation and `<prefix>:jobs:queue`
 holds the queued ones in arrival order. Every state change is one Lua script that checks the current state, so
@@ -62,10 +63,11 @@ class JobRecord:
     launcher: str = ""
     handle: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+    origin: dict[str, Any] = field(default_factory=dict)  # what an evaluation evaluates: {job_id, step} of a job
 
     @property
     def total_steps(self) -> int:
-        return self.spec.schedule.total_steps
+        return self.spec.schedule.total_steps if self.spec.kind == "train" else 0
 
     def eta_seconds(self, now: float | None = None) -> float | None:
         """Linear extrapolation from the steps done so far; None until a step has finished."""
@@ -78,6 +80,7 @@ class JobRecord:
         return {
             "id": self.id,
             "name": self.spec.name,
+            "kind": self.spec.kind,
             "state": self.state.value,
             "step": self.step,
             "total_steps": self.total_steps,
@@ -111,6 +114,7 @@ def _decode(raw: dict[bytes, bytes]) -> JobRecord:
         launcher=values.get("launcher", ""),
         handle=json.loads(values.get("handle") or "{}"),
         metrics=json.loads(values.get("metrics") or "{}"),
+        origin=json.loads(values.get("origin") or "{}"),
     )
 
 
@@ -127,7 +131,7 @@ class JobStore:
     def _key(self, job_id: str) -> str:
         return self._job_prefix + job_id
 
-    async def create(self, spec: JobSpec) -> JobRecord:
+    async def create(self, spec: JobSpec, origin: dict[str, Any] | None = None) -> JobRecord:
         """Store a new QUEUED job at the back of the queue (one transaction: all or nothing)."""
         now = time.time()
         job_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
@@ -141,6 +145,7 @@ class JobStore:
                     "created_at": repr(now),
                     "updated_at": repr(now),
                     "step": 0,
+                    "origin": json.dumps(origin or {}),
                 },
             )
             pipe.zadd(self._index, {job_id: now})
@@ -156,9 +161,9 @@ class JobStore:
         return _decode(raw)
 
     async def list(
-        self, state: JobState | None = None, offset: int = 0, limit: int = 50
+        self, state: JobState | None = None, offset: int = 0, limit: int = 50, kind: str | None = None
     ) -> tuple[list[JobRecord], int]:
-        """Newest first, optionally only one state; returns (page, total matching)."""
+        """Newest first, optionally only one state and one kind (train, eval); returns (page, total matching)."""
         ids = [i.decode() for i in await self.redis.zrevrange(self._index, 0, -1)]
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in ids:
@@ -167,6 +172,8 @@ class JobStore:
         records = [_decode(raw) for raw in raws if raw]
         if state is not None:
             records = [r for r in records if r.state is state]
+        if kind is not None:
+            records = [r for r in records if r.spec.kind == kind]
         return records[offset : offset + limit], len(records)
 
     async def queued(self) -> list[str]:

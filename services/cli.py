@@ -11,7 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from services.config import Settings
+from services.api.evaluations import EVAL_SETS
+from services.config import SHARED_DATA_DIR, Settings
 from services.contracts import ContractError, JobState, deep_merge
 from services.streams import DATA_FIELD, KIND_FIELD, Streams, connect
 from services.telemetry import configure_logging
@@ -100,6 +101,54 @@ def _train(args: argparse.Namespace) -> int:
     return _jobs(args)
 
 
+def _evaluation_body(args: argparse.Namespace) -> dict[str, Any]:
+    """An EvaluationRequest from `searchr1 eval` options: each --dataset is a data kit name or a JSONL file."""
+    if args.step is not None and args.job_id is None:
+        raise ContractError("--step picks a checkpoint of --job JOB_ID; give --job too")
+    body: dict[str, Any] = {"model": args.model} if args.model else {"job_id": args.job_id, "step": args.step}
+    datasets, paths = [], []
+    for value in args.dataset:
+        if value in EVAL_SETS:
+            datasets.append(value)
+        elif value.endswith(".jsonl"):
+            paths.append(str(Path(value).expanduser().resolve()))
+        else:
+            raise ContractError(f"--dataset {value!r} is neither a data set ({', '.join(EVAL_SETS)}) nor a .jsonl file")
+    body.update(datasets=datasets, paths=paths, limit=args.limit, **({"name": args.name} if args.name else {}))
+    return body
+
+
+def _eval(args: argparse.Namespace) -> int:
+    """Submit an evaluation, follow it with a progress bar, print exact match per data set."""
+    from tqdm import tqdm
+
+    from services.api.client import ApiError, JobsClient
+
+    client = JobsClient(args.api)
+    try:
+        evaluation = client.submit_evaluation(_evaluation_body(args))
+        evaluation_id = evaluation["id"]
+        print(f"evaluation {evaluation_id}: {evaluation['model']}", file=sys.stderr)
+        with tqdm(desc="evaluating", unit="question") as bar:
+            for event in client.events(evaluation_id, follow=True):
+                if event.event == "progress":
+                    bar.total = int(event.data["total"])
+                    bar.update(int(event.data["done"]) - bar.n)
+                elif event.event == "state" and event.state is not None:
+                    bar.write(f"{evaluation_id}: {event.state.value} {event.message}".rstrip(), file=sys.stderr)
+        evaluation = client.evaluation(evaluation_id)
+    except ApiError as exc:
+        print(f"searchr1: {exc}", file=sys.stderr)
+        return 1
+    if evaluation["state"] != JobState.SUCCEEDED.value:
+        print(f"searchr1: evaluation {evaluation_id} {evaluation['state']}: {evaluation['message']}", file=sys.stderr)
+        return 1
+    print(f"{'data set':20} {'EM':>6}")
+    for name, em in (evaluation["results"] or {}).items():
+        print(f"{name:20} {em:6.3f}")
+    return 0
+
+
 def _read_spec_file(path: str) -> dict[str, Any]:
     import yaml
 
@@ -129,6 +178,20 @@ def _serve_module(module: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+PORT_NAMES = ("retriever", "rollout", "ray", "reward_metrics", "rollout_metrics", "learner_metrics")
+
+
+def _port_overrides(assignments: Sequence[str]) -> dict[str, int]:
+    """`--port rollout=18001` -> {"rollout_port": 18001}."""
+    ports = {}
+    for assignment in assignments:
+        name, _, value = assignment.partition("=")
+        if name not in PORT_NAMES or not value.isdigit() or not 0 < int(value) < 65536:
+            raise ContractError(f"--port expects NAME=PORT with NAME in {', '.join(PORT_NAMES)}, got {assignment!r}")
+        ports[f"{name}_port"] = int(value)
+    return ports
+
+
 def _platform_config(args: argparse.Namespace) -> Any:
     from services.embedded import PlatformConfig
 
@@ -136,6 +199,7 @@ def _platform_config(args: argparse.Namespace) -> Any:
     return PlatformConfig(
         run_dir=run_dir, index_dir=Path(args.index or run_dir / "index").resolve(), model=args.model,
         engine=args.engine, api_port=args.api_port, retriever_mode=args.retriever_mode,
+        **_port_overrides(args.port),
     )  # fmt: skip
 
 
@@ -171,7 +235,7 @@ def build_index_if_needed(corpus: Path, index_dir: Path) -> None:
 
 def platform_up(config: Any, corpus: Path | None) -> str:
     """Start every tier of the embedded platform; returns the Redis URL the tiers use."""
-    from services.embedded import EmbeddedPlatform, platform_specs
+    from services.embedded import EmbeddedPlatform, platform_specs, write_prometheus_config
 
     if corpus is not None:
         build_index_if_needed(corpus, config.index_dir)
@@ -182,6 +246,7 @@ def platform_up(config: Any, corpus: Path | None) -> str:
     print(f"starting the embedded platform (logs under {config.run_dir / 'logs'})")
     EmbeddedPlatform(config.run_dir).up(specs)
     print(f"platform ready: API {config.api_url}")
+    print(f"metrics of every tier: prometheus --config.file={write_prometheus_config(config)}")
     return redis_url
 
 
@@ -221,8 +286,11 @@ def _demo(args: argparse.Namespace) -> int:
         platform_up(config, data.corpus)
     try:
         client = JobsClient(config.api_url)
-        job = client.submit(demo_job(data, args.steps, args.model))
-        print(f"submitted {job['id']}: GRPO, {args.steps} steps; follow with `searchr1 jobs logs {job['id']} -f`")
+        time_limit_s = None if args.minutes is None else args.minutes * 60
+        job = client.submit(demo_job(data, args.steps, args.model, time_limit_s=time_limit_s))
+        budget = "" if args.minutes is None else f" or {args.minutes:g} minutes, whichever ends first"
+        print(f"submitted {job['id']}: GRPO, {args.steps} steps{budget}; "
+              f"follow with `searchr1 jobs logs {job['id']} -f`")  # fmt: skip
         state, metrics, evals = follow(client, job["id"], args.steps)
         print_results(evals)
         if metrics:
@@ -284,6 +352,16 @@ def _dead_letters(args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="searchr1", description="Search-R1 training platform")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -321,6 +399,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--api", help="API URL")
     train.set_defaults(run=_train)
 
+    evaluate = commands.add_parser("eval", help="evaluate a model or a job's checkpoint: greedy exact match")
+    target = evaluate.add_mutually_exclusive_group(required=True)
+    target.add_argument("--model", help="HF id, local path or offline registry name")
+    target.add_argument("--job", dest="job_id", metavar="JOB_ID", help="evaluate a checkpoint of this training job")
+    evaluate.add_argument("--step", type=int, help="the checkpoint's step (default: the job's latest)")
+    evaluate.add_argument(
+        "--dataset", action="append", required=True, metavar="NAME|FILE.jsonl",
+        help=f"a data set of the shared data kit ({', '.join(EVAL_SETS)}) or a JSONL file (repeatable)",
+    )  # fmt: skip
+    evaluate.add_argument("--limit", type=int, help="at most this many questions per data set")
+    evaluate.add_argument("--name", help="a name for the evaluation (default: eval)")
+    evaluate.add_argument("--api", help="API URL")
+    evaluate.set_defaults(run=_eval)
+
     for tier, module in (("retriever", "retriever.app"), ("rollout", "rollout.serve")):
         tier_commands = commands.add_parser(tier, help=f"the {tier} tier").add_subparsers(dest="action", required=True)
         serve = tier_commands.add_parser("serve", help=f"run the {tier} tier (options are {module}'s)")
@@ -338,6 +430,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--engine", choices=["vllm", "hf"], default="vllm")
         sub.add_argument("--api-port", type=int, default=8080)
         sub.add_argument("--retriever-mode", choices=["dense", "sparse", "hybrid"], default="dense")
+        sub.add_argument(
+            "--port",
+            action="append",
+            default=[],
+            metavar="NAME=PORT",
+            help=f"move a service to another port (repeatable); NAME is one of {', '.join(PORT_NAMES)}",
+        )
 
     up = commands.add_parser("up", help="start the whole platform on this machine")
     platform_options(up)
@@ -348,8 +447,12 @@ def build_parser() -> argparse.ArgumentParser:
     down.set_defaults(run=_down)
     demo = commands.add_parser("demo", help="train SmolLM2-135M with GRPO through the embedded platform")
     platform_options(demo)
-    demo.add_argument("--shared-data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    demo.add_argument("--shared-data", default=str(SHARED_DATA_DIR))
     demo.add_argument("--steps", type=int, default=4)
+    demo.add_argument(
+        "--minutes", type=_positive_float, metavar="M",
+        help="stop training after the first step that ends past M minutes (then the final eval and checkpoint)",
+    )  # fmt: skip
     demo.add_argument("--train-questions", type=int, default=200)
     demo.add_argument("--eval-questions", type=int, default=24)
     demo.add_argument("--distractors", type=int, default=500)
@@ -371,8 +474,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_PASSTHROUGH = {("retriever", "serve"), ("rollout", "serve"), ("index", "build")}  # options go to the module
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough = tuple(argv[:2]) in _PASSTHROUGH  # argparse's REMAINDER refuses a first argument that is an option
+    args = build_parser().parse_args(argv[:2] if passthrough else argv)
+    if passthrough:
+        args.rest = argv[2:]
     configure_logging()
     run: Callable[[argparse.Namespace], int] = args.run
     try:

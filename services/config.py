@@ -21,6 +21,8 @@ from pydantic_settings import (
 from services.contracts import ContractError, describe_validation_error
 
 CONFIG_FILE_ENV = "SEARCHR1_CONFIG"
+# The offline data kit (train/, eval/, corpus/) beside the repository, where a checkout keeps it.
+SHARED_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 _config_file: ContextVar[Path | None] = ContextVar("searchr1_config_file", default=None)
 
 

@@ -22,8 +22,12 @@ from pydantic import (
     PlainValidator,
     SerializationInfo,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
+
+from services.prompts import PromptStyle
 
 SCHEMA_VERSION = 1
 
@@ -175,6 +179,11 @@ class RolloutRequest(Message):
     topk: int = Field(3, ge=1, le=100)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     is_eval: bool = False
+    turn_prefix_ids: TokenIds = Field(
+        default_factory=lambda: np.zeros(0, dtype=np.int32),
+        description="written by the environment before every model turn (loss mask 0), e.g. an opened <think> "
+        "block (services.prompts.turn_prefix)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -282,7 +291,8 @@ class JobEvent(Message):
 
     kind: ClassVar[str] = "job_event"
     job_id: str = Field(min_length=1)
-    event: Literal["state", "log", "metrics", "checkpoint", "eval"]
+    # progress: how far a long phase has got (an evaluation's examples: data {"done", "total"})
+    event: Literal["state", "log", "metrics", "checkpoint", "eval", "progress"]
     state: JobState | None = None
     step: int | None = Field(None, ge=0)
     message: str = ""
@@ -356,10 +366,17 @@ class DataSource(_Strict):
     split: str = "train"
     limit: int | None = Field(None, ge=1)
     name: str | None = None
+    label: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][\w.-]*$",
+        description="name of its eval results; default: the data set each row's `source` names",
+    )
 
 
 class DataConfig(_Strict):
-    train: list[DataSource] = Field(min_length=1)
+    train: list[DataSource] = Field(default_factory=list, description="required by a training job")
     eval: list[DataSource] = Field(default_factory=list)
     shuffle_seed: int = 0
 
@@ -375,6 +392,10 @@ class RolloutConfig(_Strict):
     topk: int = Field(3, ge=1, le=100)
     retriever_url: str | None = None
     request_timeout_s: float = Field(600.0, gt=0)
+    prompt_style: PromptStyle = Field(
+        "instruct", description="instruct: the rules, then the question; few_shot: worked examples first, for small "
+        "models (services.prompts)",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _check_lengths(self) -> Self:
@@ -390,7 +411,9 @@ class ResourcesConfig(_Strict):
     learner_nodes: int = Field(1, ge=1, le=1024)
     learner_gpus_per_node: int = Field(0, ge=0, le=16)
     learner_cpus_per_worker: float = Field(1.0, gt=0)
-    learner_workers: int = Field(1, ge=1, le=1024, description="Ray Train workers (FSDP ranks)")
+    learner_workers: int = Field(
+        1, ge=1, le=1024, description="Ray Train workers, one FSDP rank each; rank 0 drives the job's streams"
+    )
     rollout_replicas: int = Field(1, ge=1, le=1024)
     rollout_gpus_per_replica: float = Field(0, ge=0, le=16)
 
@@ -401,12 +424,20 @@ class ScheduleConfig(_Strict):
     eval_interval: int = Field(100, ge=1)
     eval_before_train: bool = True
     seed: int = 0
+    time_limit_s: float | None = Field(
+        None,
+        gt=0,
+        description="wall-clock budget of one learner run: the first step that ends past it is the last, with "
+        "its eval and checkpoint, and the job succeeds with the steps done (a resumed run gets a fresh budget)",
+    )
 
 
 class JobSpec(_Strict):
-    """A training job. Unknown fields are errors; `from_preset` builds one from a named preset plus overrides."""
+    """A training job, or an evaluation (`kind: eval`: greedy EM of `model` on `data.eval`, nothing trained).
+    Unknown fields are errors; `from_preset` builds one from a named preset plus overrides."""
 
     name: str = Field("searchr1-job", min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    kind: Literal["train", "eval"] = "train"
     model: str = Field(min_length=1, description="HF id, local path, or an offline registry name")
     algorithm: PPOConfig | GRPOConfig = Field(discriminator="name")
     data: DataConfig
@@ -414,6 +445,16 @@ class JobSpec(_Strict):
     reward: RewardConfig = Field(default_factory=RewardConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+
+    @field_validator("data")
+    @classmethod
+    def _check_data(cls, data: DataConfig, info: ValidationInfo) -> DataConfig:
+        kind = info.data.get("kind")
+        if kind == "train" and not data.train:
+            raise ValueError("a training job needs at least one data.train source")
+        if kind == "eval" and not data.eval:
+            raise ValueError("an evaluation needs at least one data.eval source")
+        return data
 
     @classmethod
     def parse(cls, payload: dict[str, Any]) -> JobSpec:

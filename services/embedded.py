@@ -169,6 +169,8 @@ class PlatformConfig:
     ray_port: int = 6389
     ray_cpus: int = 2
     reward_metrics_port: int = 9102
+    rollout_metrics_port: int = 9103
+    learner_metrics_port: int = 9104
     retriever_mode: str = "dense"
     max_model_len: int = 4096
     redis_url: str | None = None
@@ -179,6 +181,31 @@ class PlatformConfig:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
+    def metrics_targets(self) -> dict[str, str]:
+        """Where each tier serves Prometheus metrics (host:port; the path is /metrics/ for all)."""
+        ports = {"api": self.api_port, "retriever": self.retriever_port, "reward": self.reward_metrics_port,
+                 "rollout": self.rollout_metrics_port, "learner": self.learner_metrics_port}  # fmt: skip
+        return {tier: f"127.0.0.1:{port}" for tier, port in ports.items()}
+
+
+def write_prometheus_config(config: PlatformConfig, scrape_interval_s: float = 5.0) -> Path:
+    """A Prometheus config that scrapes every tier, as the chart's monitors do on Kubernetes (`honor_labels`: the
+    metrics' own `job` label names the training job). `prometheus --config.file=<it>` then serves the dashboards'
+    queries for a local run."""
+    import yaml
+
+    scrape_configs = [
+        {"job_name": f"searchr1-{tier}", "metrics_path": "/metrics/", "honor_labels": True,
+         "static_configs": [{"targets": [target], "labels": {"tier": tier}}]}
+        for tier, target in config.metrics_targets().items()
+    ]  # fmt: skip
+    interval = f"{scrape_interval_s:g}s"
+    path = config.run_dir / "prometheus.yml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    content = {"global": {"scrape_interval": interval, "scrape_timeout": interval}, "scrape_configs": scrape_configs}
+    path.write_text(yaml.safe_dump(content, sort_keys=False))
+    return path
+
 
 def platform_specs(config: PlatformConfig, redis_url: str) -> list[ServiceSpec]:
     """The tiers in start order, each a `python -m` entry point configured through SEARCHR1_* variables."""
@@ -188,7 +215,9 @@ def platform_specs(config: PlatformConfig, redis_url: str) -> list[ServiceSpec]:
     common = {"SEARCHR1_REDIS_URL": redis_url, "RAY_ADDRESS": ray_address, "RAY_AUTH_MODE": "disabled",
               **config.extra_env}  # fmt: skip
     retriever_url = f"http://127.0.0.1:{config.retriever_port}"
-    api_env = {"SEARCHR1_PORT": str(config.api_port), "SEARCHR1_WORK_DIR": str(config.run_dir)}
+    api_env = {"SEARCHR1_PORT": str(config.api_port), "SEARCHR1_WORK_DIR": str(config.run_dir),
+               # not read by the API (it serves /metrics on its own port): inherited by the learners it launches
+               "SEARCHR1_METRICS_PORT": str(config.learner_metrics_port)}  # fmt: skip
     if config.api_token:
         api_env["SEARCHR1_API_TOKEN"] = config.api_token
     ray_bin = str(Path(python).with_name("ray"))
@@ -243,6 +272,7 @@ def platform_specs(config: PlatformConfig, redis_url: str) -> list[ServiceSpec]:
                 "SEARCHR1_RETRIEVER_URL": retriever_url,
                 "SEARCHR1_HTTP_PORT": str(config.rollout_port),
                 "SEARCHR1_MAX_MODEL_LEN": str(config.max_model_len),
+                "SEARCHR1_METRICS_PORT": str(config.rollout_metrics_port),
                 "RAY_AUTH_MODE": "disabled",
             },
             startup_timeout_s=600,

@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import TypeVar
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.metrics import MetricWrapperBase
 
 M = TypeVar("M", bound=MetricWrapperBase)
@@ -46,6 +46,20 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
         logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
+def serve_metrics(host: str, port: int | None, owner: str) -> bool:
+    """This process's `/metrics` on `port` (any path answers), from a thread: what a PodMonitor scrapes in
+    processes that have no HTTP server of their own. None serves nothing; a port already taken (two such
+    processes on one machine or pod) costs the metrics, not the work. True when served."""
+    if port is None:
+        return False
+    try:
+        start_http_server(port, addr=host)
+    except OSError as exc:
+        logging.getLogger(__name__).warning("%s metrics not served on %s:%d: %s", owner, host, port, exc)
+        return False
+    return True
+
+
 def _get_or_create(kind: type[M], name: str, documentation: str, labels: Sequence[str], **kwargs: object) -> M:
     """Metrics are process-global; asking twice for the same name returns the first one instead of failing."""
     existing = REGISTRY._names_to_collectors.get(name)
@@ -78,6 +92,7 @@ STREAM_LENGTH = gauge("searchr1_stream_length", "Entries held in the stream", ["
 STREAM_DEAD_LETTERS = counter(
     "searchr1_stream_dead_letters_total", "Entries moved to the dead-letter stream", ["stream", "group", "reason"]
 )
+DEAD_LETTER_REASONS = ("undecodable", "failed", "max_deliveries")  # the reasons `Streams` records
 STREAM_PUBLISHED = counter("searchr1_stream_published_total", "Messages published", ["stream"])
 WORKER_PROCESSED = counter(
     "searchr1_worker_messages_total", "Messages a worker finished", ["stream", "group", "outcome"]

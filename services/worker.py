@@ -25,6 +25,8 @@ from prometheus_client import make_asgi_app
 from services.config import Settings
 from services.streams import Entry, M, Output, Streams
 from services.telemetry import (
+    DEAD_LETTER_REASONS,
+    STREAM_DEAD_LETTERS,
     WORKER_HANDLE_SECONDS,
     WORKER_IN_FLIGHT,
     WORKER_PROCESSED,
@@ -101,6 +103,10 @@ class StreamWorker(Generic[M]):
 
     async def run(self) -> None:
         await self.streams.ensure_group(self.stream, self.group)
+        # Counters of rare events start at 0, so dashboards show 0 rather than no data until the first one.
+        WORKER_RECLAIMED.labels(self.stream, self.group)
+        for reason in DEAD_LETTER_REASONS:
+            STREAM_DEAD_LETTERS.labels(self.stream, self.group, reason)
         self._ready = True
         next_housekeeping = 0.0
         try:

@@ -100,3 +100,35 @@ def test_unreachable_api_is_a_clear_error(monkeypatch, capsys) -> None:
     monkeypatch.setenv("SEARCHR1_API_URL", "http://127.0.0.1:9")
     assert main(["jobs", "list"]) == 1
     assert "cannot reach the searchr1 API at http://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_eval_command_follows_an_evaluation_and_prints_em(api, monkeypatch, capsys, tmp_path: Path) -> None:
+    monkeypatch.setenv("SEARCHR1_API_URL", api.url)
+    monkeypatch.setenv("SEARCHR1_API_TOKEN", TOKEN)
+    monkeypatch.chdir(tmp_path)
+    rows = [{"id": str(i), "question": f"q{i}?", "golden_answers": ["a"], "source": "mine:test"} for i in range(2)]
+    (tmp_path / "mine.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    argv = ["eval", "--model", "tiny", "--dataset", "nq", "--dataset", "hotpotqa", "--dataset", "mine.jsonl"]
+    assert main([*argv, "--limit", "4"]) == 0
+    out, err = capsys.readouterr()
+    # The stand-in learner reports EM = 1 / (questions read): the limit for the kit's sets, 2 for the file.
+    assert out.splitlines()[1:] == [f"{'nq':20}  0.250", f"{'hotpotqa':20}  0.250", f"{'mine':20}  0.500"]
+    assert "10/10" in err and "SUCCEEDED" in err, err
+
+    assert main(["jobs", "submit", "--preset", "paper-grpo", "--set", "model=tiny", "--set", "name=trained",
+                 "--set", "schedule.total_steps=1"]) == 0  # fmt: skip
+    job_id = capsys.readouterr().out.split()[0]
+    api.wait_state(job_id, "SUCCEEDED")
+    assert main(["eval", "--job", job_id, "--step", "1", "--dataset", "bamboogle", "--limit", "5"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [f"{'bamboogle':20}  0.200"]
+    assert main(["eval", "--job", job_id, "--step", "9", "--dataset", "nq"]) == 1
+    assert f"job {job_id} has no checkpoint at step 9; it has 1" in capsys.readouterr().err
+    assert main(["eval", "--model", "tiny", "--step", "1", "--dataset", "nq"]) == 2
+    assert "--step picks a checkpoint of --job" in capsys.readouterr().err
+    assert main(["eval", "--model", "tiny", "--dataset", "squad"]) == 2
+    assert "--dataset 'squad' is neither a data set (nq, triviaqa" in capsys.readouterr().err
+
+    api.env["FAKE_LEARNER_EXIT"] = "3"
+    api.restart()
+    assert main(["eval", "--model", "tiny", "--dataset", "nq", "--limit", "1"]) == 1
+    assert "FAILED: learner exited with code 3" in capsys.readouterr().err

@@ -105,6 +105,13 @@ def test_token_ids_reject_floats_and_out_of_range_values() -> None:
         RolloutRequest(job_id="j", prompt_uid="p", prompt_ids=[])
 
 
+def test_a_rollout_request_carries_its_response_prefix_over_the_wire() -> None:
+    plain = RolloutRequest.from_wire(RolloutRequest(job_id="j", prompt_uid="p", prompt_ids=[1, 2]).to_wire())
+    assert plain.turn_prefix_ids.dtype == np.int32 and plain.turn_prefix_ids.size == 0
+    opened = RolloutRequest(job_id="j", prompt_uid="p", prompt_ids=[1, 2], turn_prefix_ids=[7, 8, 9])
+    assert RolloutRequest.from_wire(opened.to_wire()).turn_prefix_ids.tolist() == [7, 8, 9]
+
+
 def test_job_event_states() -> None:
     event = JobEvent(job_id="j", event="state", state=JobState.RUNNING)
     assert JobEvent.from_wire(event.to_wire()).state is JobState.RUNNING
@@ -130,6 +137,8 @@ def test_paper_presets_carry_the_reference_defaults() -> None:
         assert (spec.rollout.max_turns, spec.rollout.max_tokens_per_turn, spec.rollout.topk) == (4, 500, 3)
         assert (spec.rollout.max_context_tokens, spec.rollout.max_prompt_tokens) == (4096, 2048)
         assert spec.algorithm.max_staleness == 0
+        assert spec.schedule.time_limit_s is None, "no time budget unless asked for"
+        assert spec.rollout.prompt_style == "instruct", "the reference's kind of prompt"
 
 
 def test_preset_overrides_merge_deeply() -> None:
@@ -148,7 +157,13 @@ def test_preset_overrides_merge_deeply() -> None:
         ({"algorithm": {"group_size": 1}}, "JobSpec.algorithm.grpo.group_size"),
         ({"rollout": {"max_prompt_tokens": 5000}}, "max_prompt_tokens \\(5000\\) must be below"),
         ({"name": "Bad Name"}, "JobSpec.name: String should match pattern"),
-        ({"data": {"train": []}}, "JobSpec.data.train: List should have at least 1 item"),
+        ({"schedule": {"time_limit_s": 0}}, "JobSpec.schedule.time_limit_s: Input should be greater than 0"),
+        ({"rollout": {"prompt_style": "chatty"}}, "JobSpec.rollout.prompt_style: Input should be 'instruct' or"),
+        ({"data": {"train": []}}, "JobSpec.data: Value error, a training job needs at least one data.train source"),
+        (
+            {"kind": "eval", "data": {"eval": []}},
+            "JobSpec.data: Value error, an evaluation needs at least one data.eval source",
+        ),
     ],
 )
 def test_invalid_specs_give_the_field_path(overrides: dict, expected: str) -> None:

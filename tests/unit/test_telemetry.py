@@ -1,4 +1,4 @@
-"""Telemetry helpers: JSON log lines keep extra fields; metrics are created once per name."""
+"""Telemetry helpers: JSON log lines keep extra fields; metrics are created once per name and served on a port."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import json
 import logging
 import sys
 
+import httpx
 import pytest
 
-from services.telemetry import JsonFormatter, counter, gauge
+from services.redis_server import free_port
+from services.telemetry import JsonFormatter, counter, gauge, serve_metrics
 
 
 def test_json_formatter_keeps_extra_fields_and_exceptions() -> None:
@@ -27,3 +29,15 @@ def test_metrics_are_get_or_create_and_kind_checked() -> None:
     assert counter("searchr1_test_things_total", "things", ["job"]) is first
     with pytest.raises(TypeError, match="already exists as Counter"):
         gauge("searchr1_test_things_total", "things", ["job"])
+
+
+def test_serve_metrics_serves_this_registry_and_survives_a_taken_port(caplog: pytest.LogCaptureFixture) -> None:
+    gauge("searchr1_test_served", "a served gauge").set(7)
+    port = free_port()
+    assert serve_metrics("127.0.0.1", port, "test") is True
+    for path in ("/metrics", "/metrics/"):  # the chart's monitors scrape /metrics/
+        assert "searchr1_test_served 7.0" in httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5).text
+    with caplog.at_level(logging.WARNING):
+        assert serve_metrics("127.0.0.1", port, "second") is False
+    assert f"second metrics not served on 127.0.0.1:{port}" in caplog.text
+    assert serve_metrics("127.0.0.1", None, "off") is False

@@ -813,7 +813,7 @@ def test_pending_metrics_are_still_pending() -> None:
 # ------------------------------------------------------------------------------------------------ docs and images
 def _posted_bodies(guide: str, route: str) -> list[dict]:
     """The JSON bodies of the guide's curl commands that POST to `route`."""
-    pattern = r"-X POST \S+" + re.escape(route) + r"\s[^']*?-d '(\{.*?\})'"
+    pattern = r"-X POST \S+" + re.escape(route) + r"\s(?:(?!curl ).)*?-d '(\{.*?\})'"
     return [json.loads(body) for body in re.findall(pattern, guide, re.DOTALL)]
 
 

@@ -168,10 +168,17 @@ def plot_rewards(metrics: list[dict[str, Any]], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     steps = [m["step"] for m in metrics]
-    figure, axis = plt.subplots(figsize=(6, 3.5))
-    axis.plot(steps, [m["reward_mean"] for m in metrics], marker="o", label="mean reward (format-aware EM)")
+    rewards = [m["reward_mean"] for m in metrics]
+    window = max(1, len(rewards) // 10)
+    smoothed = [sum(rewards[max(0, i - window + 1) : i + 1]) / len(rewards[max(0, i - window + 1) : i + 1])
+                for i in range(len(rewards))]  # fmt: skip
+    figure, axis = plt.subplots(figsize=(7, 4))
+    axis.plot(steps, rewards, marker="o", markersize=3, alpha=0.4, label="mean reward (format-aware EM)")
+    axis.plot(steps, smoothed, label=f"mean reward, {window}-step moving average")
+    if all("format_valid_ratio" in m for m in metrics):
+        axis.plot(steps, [m["format_valid_ratio"] for m in metrics], linestyle="--", label="well-formed episodes")
     axis.set_xlabel("step")
-    axis.set_ylabel("reward")
+    axis.set_ylabel("mean over the step's episodes")
     axis.set_title("searchr1 demo: GRPO on SmolLM2-135M-Instruct")
     axis.grid(alpha=0.3)
     axis.legend()

@@ -46,8 +46,11 @@ class Collector:
         self.consumer = consumer
         self.scored_stream = streams.job(job_id, "scored")
         self._seen: set[str] = set()
-        for reason in DROP_REASONS:  # at 0 from the start: dashboards show 0 drops, not no data
+        # At 0 from the start: dashboards show 0 drops, not no data, and the first step's staleness is an
+        # increase that rate() sees (a series born with its first observations has no earlier sample).
+        for reason in DROP_REASONS:
             DROPPED.labels(job_id, reason)
+        STALENESS.labels(job_id)
 
     async def start(self) -> None:
         await self.streams.ensure_group(self.scored_stream, GROUP, start="$")

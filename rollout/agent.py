@@ -246,6 +246,7 @@ class Episode:
             response_text=response_text,
             golden_answers=list(request.golden_answers),
             data_source=request.data_source,
+            reward=request.reward,
             turns=self.turns,
             searches=self.searches,
             valid_actions=self.valid_actions,

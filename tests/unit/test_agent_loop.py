@@ -20,7 +20,7 @@ from rollout.agent import (
     parse_action,
 )
 from rollout.engines.base import GenerationResult, SamplingOptions
-from services.contracts import RolloutRequest, Trajectory, VersionSpan
+from services.contracts import FormatScoreConfig, RewardConfig, RolloutRequest, Trajectory, VersionSpan
 
 ALT = 1_000_000  # ids >= ALT decode like id - ALT: a second spelling of every character
 
@@ -276,6 +276,7 @@ def test_episode_maps_onto_the_trajectory_contract():
         golden_answers=["Paris"],
         data_source="nq",
         policy_version=2,
+        reward=RewardConfig(kind="em_format", format_scores=FormatScoreConfig(wrong_valid=0.3)),
     )
     engine = ScriptedEngine(["<search>q</search>", "<answer>Paris</answer>"], versions=[2, 2])
     config = AgentConfig.from_request(request)
@@ -289,6 +290,7 @@ def test_episode_maps_onto_the_trajectory_contract():
     assert np.allclose(again.logprobs, episode.logprobs)
     assert again.oldest_version == 2 and again.finished and again.searches == 1 and again.sample_index == 3
     assert again.golden_answers == ["Paris"] and again.request_id == request.msg_id
+    assert again.reward == request.reward  # the job's reward settings reach the reward tier
     assert set(again.timings) == {"generate_s", "retrieve_s", "total_s"}
 
 

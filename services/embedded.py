@@ -217,7 +217,9 @@ def platform_specs(config: PlatformConfig, redis_url: str) -> list[ServiceSpec]:
     retriever_url = f"http://127.0.0.1:{config.retriever_port}"
     api_env = {"SEARCHR1_PORT": str(config.api_port), "SEARCHR1_WORK_DIR": str(config.run_dir),
                # not read by the API (it serves /metrics on its own port): inherited by the learners it launches
-               "SEARCHR1_METRICS_PORT": str(config.learner_metrics_port)}  # fmt: skip
+               "SEARCHR1_METRICS_PORT": str(config.learner_metrics_port),
+               # Rollout and update take turns (on-policy): an update may use every CPU Ray was given.
+               "SEARCHR1_TORCH_THREADS": str(config.ray_cpus)}  # fmt: skip
     if config.api_token:
         api_env["SEARCHR1_API_TOKEN"] = config.api_token
     ray_bin = str(Path(python).with_name("ray"))

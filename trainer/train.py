@@ -36,6 +36,9 @@ class LearnerSettings(Settings):
     # A local Ray cluster (no RAY_ADDRESS): its CPUs (None: all of the machine's) and object store size.
     ray_num_cpus: int | None = Field(None, ge=1)
     ray_object_store_mb: int | None = Field(None, ge=80)
+    # CPU threads of each rank's torch (None: what Ray gives, one per reserved CPU). On one machine whose rollout
+    # tier idles while the learner updates (on-policy), the update may use every core.
+    torch_threads: int | None = Field(None, ge=1)
 
 
 def learner_device() -> torch.device:
@@ -63,7 +66,10 @@ def run_learner(config: dict[str, Any]) -> None:
     spec = JobSpec.parse(config["spec"])
     settings = LearnerSettings.load()
     configure_logging(settings.log_level, settings.log_format)
+    if settings.torch_threads is not None:
+        torch.set_num_threads(settings.torch_threads)
     device = learner_device()
+    log.info("learner rank on %s with %d torch threads", device, torch.get_num_threads())
     torch.manual_seed(spec.schedule.seed)
     ranks = Ranks.current(timedelta(seconds=collective_timeout_s(spec)))
     model_path = resolve_model(spec.model)

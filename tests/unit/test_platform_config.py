@@ -31,6 +31,7 @@ def test_ports_move_with_port_options(tmp_path: Path) -> None:
     specs = {spec.name: spec for spec in platform_specs(config, "redis://127.0.0.1:6379/0")}
     assert specs["rollout"].env["SEARCHR1_HTTP_PORT"] == "18001"
     assert specs["api"].env["SEARCHR1_METRICS_PORT"] == "19104"  # inherited by the learners the API launches
+    assert specs["api"].env["SEARCHR1_TORCH_THREADS"] == str(config.ray_cpus)  # their update uses every core
 
 
 @pytest.mark.parametrize("bad", ["rollout", "nothing=1", "rollout=port", "rollout=70000"])

@@ -291,7 +291,7 @@ def _demo(args: argparse.Namespace) -> int:
         budget = "" if args.minutes is None else f" or {args.minutes:g} minutes, whichever ends first"
         print(f"submitted {job['id']}: GRPO, {args.steps} steps{budget}; "
               f"follow with `searchr1 jobs logs {job['id']} -f`")  # fmt: skip
-        state, metrics, evals = follow(client, job["id"], args.steps)
+        state, metrics, evals = follow(client, job["id"], args.steps if args.minutes is None else None)
         print_results(evals)
         if metrics:
             print(f"reward curve: {plot_rewards(metrics, config.run_dir / 'reward_curve.png')}")

@@ -139,8 +139,11 @@ def demo_job(data: DemoData, steps: int, model: str = DEMO_MODEL, time_limit_s: 
     }  # fmt: skip
 
 
-def follow(client: Any, job_id: str, total_steps: int) -> tuple[JobState, list[dict[str, Any]], list[dict[str, Any]]]:
-    """Follow a job's events with a progress bar; returns (final state, metrics per step, eval results)."""
+def follow(
+    client: Any, job_id: str, total_steps: int | None
+) -> tuple[JobState, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Follow a job's events with a progress bar (`total_steps` None: a time budget decides, so no ETA);
+    returns (final state, metrics per step, eval results)."""
     from tqdm import tqdm
 
     metrics: list[dict[str, Any]] = []

@@ -23,7 +23,7 @@ from prometheus_client import make_asgi_app
 from pydantic import BaseModel, Field, SecretStr
 
 from services.config import SHARED_DATA_DIR, Settings
-from services.contracts import PRESETS, ContractError, JobSpec, JobState, RolloutConfig
+from services.contracts import PRESETS, ContractError, JobEvent, JobSpec, JobState, RolloutConfig
 from services.streams import Streams, connect
 from services.telemetry import configure_logging
 
@@ -216,10 +216,14 @@ def create_app(settings: ApiSettings) -> FastAPI:
     async def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
         return (await request.app.state.scheduler.cancel(job_id)).to_api()
 
+    async def events_of(job_store: JobStore, job_id: str, kind: str | None = None) -> list[JobEvent]:
+        """The job's events, oldest first; only those of `kind` when given."""
+        return [event for _, event in await job_store.events(job_id) if kind is None or event.event == kind]
+
     async def steps_of(request: Request, job_id: str, kind: str) -> list[dict[str, Any]]:
         """The job's events of one kind, each as {step, **data} (404 for an unknown job)."""
         await store(request).get(job_id)
-        return [{"step": e.step, **e.data} for _, e in await store(request).events(job_id) if e.event == kind]
+        return [{"step": e.step, **e.data} for e in await events_of(store(request), job_id, kind)]
 
     @v1.get("/jobs/{job_id}/metrics", responses=NOT_FOUND)
     async def job_metrics(request: Request, job_id: str) -> dict[str, Any]:
@@ -260,7 +264,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             job = None
         if job is None or job.spec.kind != "eval":
             raise HTTPException(404, f"no evaluation with id {evaluation_id!r}")
-        return view(job, [event for _, event in await job_store.events(job.id)])
+        return view(job, await events_of(job_store, job.id))
 
     async def evaluated(job_store: JobStore, evaluation: EvaluationRequest) -> tuple[str, RolloutConfig, dict]:
         """(model, rollout config, origin) of what an evaluation evaluates: a model, or a job's checkpoint."""
@@ -271,7 +275,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             job = await job_store.get(evaluation.job_id)
         except JobNotFound:
             raise HTTPException(404, f"EvaluationRequest.job_id: no job with id {evaluation.job_id!r}") from None
-        checkpoints = [event for _, event in await job_store.events(job.id) if event.event == "checkpoint"]
+        checkpoints = await events_of(job_store, job.id, "checkpoint")
         step, policy = checkpoint_of(job, checkpoints, evaluation.step)
         return policy, evaluation.rollout or job.spec.rollout, {"job_id": job.id, "step": step}
 
@@ -305,7 +309,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         """Evaluations newest first, with their results once done."""
         job_store = store(request)
         jobs, total = await job_store.list(state, offset, limit, kind="eval")
-        found = [view(job, [event for _, event in await job_store.events(job.id)]) for job in jobs]
+        found = [view(job, await events_of(job_store, job.id)) for job in jobs]
         return EvaluationList(evaluations=found, total=total, offset=offset, limit=limit)
 
     @v1.get("/evaluations/{evaluation_id}", response_model=Evaluation, responses={404: _error("no such evaluation")})

@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import importlib.metadata
 import json
+import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -205,8 +207,6 @@ def _platform_config(args: argparse.Namespace) -> Any:
 
 def _ensure_redis(config: Any) -> tuple[str, Any]:
     """The Redis to use: SEARCHR1_REDIS_URL, else the machine's on 6379, else one of our own (kept running)."""
-    import os
-
     from services.embedded import ServiceSpec
     from services.redis_server import DEFAULT_URL, answers, free_port, redis_server_binary
 
@@ -486,10 +486,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
     run: Callable[[argparse.Namespace], int] = args.run
     try:
-        return run(args)
+        code = run(args)
+        sys.stdout.flush()  # a reader that went away is noticed here, not in the interpreter's exit
+        return code
     except ContractError as exc:
         print(f"searchr1: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `searchr1 jobs list | head -1`: the reader has what it wanted. Stop quietly with the status a process
+        # ended by SIGPIPE has, and point stdout at /dev/null so the exit's own flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ class Scheduler:
                 await self.store.record_progress(job.id, event.step, metrics)
             elif event.event == "state" and event.state and event.state in ALLOWED.get(state, set()):
                 with contextlib.suppress(IllegalTransition):
-                    await self.store.transition(job.id, event.state, message=event.message)
+                    await self.store.transition(job.id, event.state, announce=False, message=event.message)
                     state = event.state
         self._cursors[job.id] = cursor
 

@@ -179,8 +179,9 @@ class JobStore:
     async def queued(self) -> list[str]:
         return [i.decode() for i in await self.redis.lrange(self._queue, 0, -1)]
 
-    async def transition(self, job_id: str, new_state: JobState, **fields: Any) -> JobState:
-        """Move a job to `new_state` if the edge is legal; returns the state it left."""
+    async def transition(self, job_id: str, new_state: JobState, *, announce: bool = True, **fields: Any) -> JobState:
+        """Move a job to `new_state` if the edge is legal; returns the state it left. `announce` puts a state
+        event on the job's events stream; not when the learner's own event there is what the move applies."""
         allowed_from = [s.value for s, targets in ALLOWED.items() if new_state in targets]
         now = time.time()
         if new_state is JobState.RUNNING:
@@ -197,9 +198,10 @@ class JobStore:
             if text.startswith("no such job"):
                 raise JobNotFound(f"no job with id {job_id!r}") from None
             raise IllegalTransition(f"job {job_id}: {text}") from None
-        await self.publish_event(
-            JobEvent(job_id=job_id, event="state", state=new_state, message=str(fields.get("message", "")))
-        )
+        if announce:
+            await self.publish_event(
+                JobEvent(job_id=job_id, event="state", state=new_state, message=str(fields.get("message", "")))
+            )
         return JobState(previous.decode())
 
     async def set_handle(self, job_id: str, handle: dict[str, Any]) -> None:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,8 +80,11 @@ def test_jobs_commands_drive_the_api(api, monkeypatch, capsys, tmp_path: Path) -
     job_id = capsys.readouterr().out.split()[0]
     assert job_id.startswith("cli-job-")
     assert main(["jobs", "logs", job_id, "--follow"]) == 0
-    log = capsys.readouterr().out
-    assert "[state] QUEUED" in log and "[state] SUCCEEDED" in log and "[metrics] step 2" in log
+    log = capsys.readouterr().out.splitlines()
+    states = [line for line in log if line.startswith("[state]")]
+    # Each state once: the scheduler applies the learner's RUNNING and SUCCEEDED without announcing them again.
+    assert [line.split()[1] for line in states] == ["QUEUED", "STARTING", "RUNNING", "SUCCEEDED"], log
+    assert any(line.startswith("[metrics] step 2 ") for line in log), log
     assert main(["jobs", "get", job_id]) == 0
     assert json.loads(capsys.readouterr().out)["spec"]["model"] == "tiny"
 
@@ -94,6 +100,23 @@ def test_jobs_commands_drive_the_api(api, monkeypatch, capsys, tmp_path: Path) -
     assert "JobSpec.algorithm.ppo.clip_eps" in capsys.readouterr().err
     assert main(["jobs", "submit", "--preset", "paper-ppo", "--set", "novalue"]) == 2
     assert "expects KEY.PATH=VALUE" in capsys.readouterr().err
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(api, tmp_path: Path) -> None:
+    """`searchr1 jobs list | head -1`: the pipe's reader is gone before the list is written."""
+    env = {**os.environ, "SEARCHR1_API_URL": api.url, "SEARCHR1_API_TOKEN": TOKEN}
+    script = str(Path(sys.executable).with_name("searchr1"))
+    subprocess.run([script, "jobs", "submit", "--preset", "paper-grpo", "--set", "model=tiny"], env=env,
+                   capture_output=True, timeout=60, check=True)  # fmt: skip
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        listing = subprocess.run([script, "jobs", "list"], env=env, stdout=write_end, stderr=subprocess.PIPE,
+                                 text=True, timeout=60)  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert listing.stderr == ""
+    assert listing.returncode == 128 + signal.SIGPIPE
 
 
 def test_unreachable_api_is_a_clear_error(monkeypatch, capsys) -> None:

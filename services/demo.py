@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.contracts import JobState
+from services.contracts import JobEvent, JobState
 
 DEMO_MODEL = "smollm2-135m-instruct"
 
@@ -139,28 +139,72 @@ def demo_job(data: DemoData, steps: int, model: str = DEMO_MODEL, time_limit_s: 
     }  # fmt: skip
 
 
+def planned_units(spec: dict[str, Any]) -> int:
+    """The steps and evaluations of a job that trains all its steps, by the learner's rule: an eval before
+    training, then one every `eval_interval` steps and one after the last step."""
+    schedule, steps = spec["schedule"], spec["schedule"]["total_steps"]
+    if not spec["data"]["eval"]:
+        return steps
+    after = sum(1 for step in range(1, steps + 1) if step % schedule["eval_interval"] == 0 or step == steps)
+    return steps + int(schedule["eval_before_train"]) + after
+
+
+class WorkDone:
+    """How much of a job's work its events show, in units of one step or one evaluation. Progress events (episodes
+    scored so far) move it through the unit in flight but never to its end: a step's update comes after its
+    rollouts, so a unit ends only with its closing event (metrics for a step, eval for an evaluation)."""
+
+    def __init__(self) -> None:
+        self.units = 0
+        self.steps = 0
+        self.fraction = 0.0
+        self.phase = ""
+
+    @property
+    def position(self) -> float:
+        return self.units + self.fraction
+
+    def apply(self, event: JobEvent) -> None:
+        if event.event in ("metrics", "eval"):
+            self.units += 1
+            self.steps += event.event == "metrics"
+            self.fraction, self.phase = 0.0, ""
+        elif event.event == "progress":
+            done, total = int(event.data["done"]), int(event.data["total"])
+            self.fraction = min(done / total, 0.99) if total else 0.0
+            self.phase = f"{event.data['phase']} {done}/{total}"
+
+
 def follow(
     client: Any, job_id: str, total_steps: int | None
 ) -> tuple[JobState, list[dict[str, Any]], list[dict[str, Any]]]:
-    """Follow a job's events with a progress bar (`total_steps` None: a time budget decides, so no ETA);
-    returns (final state, metrics per step, eval results)."""
+    """Follow a job's events with a progress bar over its steps and evaluations (`total_steps` None: a time
+    budget decides, so the bar counts steps, with no total and no ETA); returns (final state, metrics per step,
+    eval results)."""
     from tqdm import tqdm
 
     metrics: list[dict[str, Any]] = []
     evals: list[dict[str, Any]] = []
     state = JobState.QUEUED
-    with tqdm(total=total_steps, desc="training", unit="step") as bar:
+    work = WorkDone()
+    planned = None if total_steps is None else planned_units(client.get(job_id)["spec"])
+    bar_format = None if planned is None else "{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}"
+    reward = ""
+    with tqdm(total=planned, desc="training", unit="step", bar_format=bar_format) as bar:
         for event in client.events(job_id, follow=True):
+            work.apply(event)
             if event.event == "metrics":
                 metrics.append({"step": event.step, **event.data})
-                bar.update(1)
-                bar.set_postfix(reward=f"{event.data.get('reward_mean', 0):.3f}")
+                reward = f"reward {event.data.get('reward_mean', 0):.3f}"
             elif event.event == "eval":
                 evals.append({"step": event.step, **event.data})
                 bar.write(f"eval at step {event.step}: " + ", ".join(f"{k}={v:.3f}" for k, v in event.data.items()))
             elif event.event == "state" and event.state and event.state is not state:
                 state = event.state
                 bar.write(f"job {job_id}: {state.value} {event.message}".rstrip())
+            steps = "" if total_steps is None else f"step {work.steps}/{total_steps}"  # else tqdm counts them
+            bar.set_postfix_str(", ".join(part for part in (steps, work.phase, reward) if part), refresh=False)
+            bar.update((work.steps if planned is None else work.position) - bar.n)
     return state, metrics, evals
 
 

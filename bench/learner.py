@@ -55,11 +55,10 @@ def sample_batch(count: int, vocab: int, max_prompt: int, max_response: int, see
 
 
 def spec_for(algorithm: str, model: str, trajectories: int, micro: int) -> JobSpec:
-    # One mini-batch (one optimiser step) over the whole batch; the contract counts micro-batches in rows and
-    # bounds them by the mini-batch size in prompts.
+    # One mini-batch (one optimiser step) over the whole batch; mini- and micro-batches count trajectories.
     prompts = trajectories // GROUP
-    algo: dict[str, Any] = {"prompts_per_step": prompts, "group_size": GROUP, "epochs": 1, "mini_batch_size": prompts,
-                            "micro_batch_size": micro}  # fmt: skip
+    algo: dict[str, Any] = {"prompts_per_step": prompts, "group_size": GROUP, "epochs": 1,
+                            "mini_batch_size": trajectories, "micro_batch_size": micro}  # fmt: skip
     return JobSpec.from_preset(f"paper-{algorithm}", {"model": model, "algorithm": algo})
 
 

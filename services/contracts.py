@@ -319,15 +319,24 @@ class _AlgorithmBase(_Strict):
     adam_betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = Field(0.01, ge=0)
     prompts_per_step: int = Field(512, ge=1)
-    mini_batch_size: int = Field(256, ge=1)
-    micro_batch_size: int = Field(64, ge=1)
+    group_size: int = Field(1, ge=1, le=64, description="samples per prompt")
+    mini_batch_size: int = Field(
+        256, ge=1, description="trajectories per optimiser step (prompts_per_step x group_size of "
+        "them make a training step), as the reference's ppo_mini_batch_size",
+    )  # fmt: skip
+    micro_batch_size: int = Field(
+        64, ge=1, description="trajectories per forward/backward, summed over the learner's ranks "
+        "(each takes micro_batch_size / learner_workers, at least 1), as the reference's ppo_micro_batch_size",
+    )  # fmt: skip
     max_staleness: int = Field(0, ge=0, description="0 = synchronous on-policy, as the reference")
 
     @model_validator(mode="after")
     def _check_batches(self) -> Self:
-        if self.mini_batch_size > self.prompts_per_step:
+        trajectories = self.prompts_per_step * self.group_size
+        if self.mini_batch_size > trajectories:
             raise ValueError(
-                f"mini_batch_size ({self.mini_batch_size}) cannot exceed prompts_per_step ({self.prompts_per_step})"
+                f"mini_batch_size ({self.mini_batch_size}) counts trajectories and cannot exceed prompts_per_step x "
+                f"group_size ({self.prompts_per_step} x {self.group_size} = {trajectories})"
             )
         if self.micro_batch_size > self.mini_batch_size:
             raise ValueError(
@@ -347,7 +356,6 @@ class PPOConfig(_AlgorithmBase):
     gamma: float = Field(1.0, ge=0, le=1)
     lam: float = Field(1.0, ge=0, le=1)
     value_clip: float = Field(0.5, gt=0)
-    group_size: int = Field(1, ge=1, le=64)
 
 
 class GRPOConfig(_AlgorithmBase):

@@ -117,7 +117,7 @@ def demo_job(data: DemoData, steps: int, model: str = DEMO_MODEL, time_limit_s: 
         "name": "demo-grpo",
         "model": model,
         "algorithm": {
-            "name": "grpo", "group_size": 4, "prompts_per_step": 2, "mini_batch_size": 2, "micro_batch_size": 2,
+            "name": "grpo", "group_size": 4, "prompts_per_step": 2, "mini_batch_size": 8, "micro_batch_size": 2,
             "actor_lr": 2e-6, "actor_warmup_ratio": 0.0,
         },
         "data": {

@@ -147,8 +147,8 @@ def train_step(
     ranks: Ranks = SINGLE,
 ) -> dict[str, float]:
     """Advantages for `batch`, then `epochs` passes of mini-batch updates. Returns mean statistics (the same on
-    every rank)."""
-    chunk = config.micro_batch_size
+    every rank). `mini_batch_size` and `micro_batch_size` count trajectories, the micro-batch over all ranks."""
+    chunk = micro_per_rank(config, ranks)
     old_logprobs = logprobs_in_chunks(models.policy, batch, temperature, chunk, ranks)
     ref_logprobs = (
         logprobs_in_chunks(models.reference, batch, temperature, chunk, ranks) if models.reference is not None else None
@@ -160,7 +160,7 @@ def train_step(
     for name, value in extra.items():
         stats.add(name, value)
     stats.add("behaviour_kl", algos.masked_mean(batch.behaviour_logprobs - old_logprobs, batch.loss_mask))
-    mini = min(config.mini_batch_size * config.group_size, len(batch))
+    mini = min(config.mini_batch_size, len(batch))
     for _ in range(config.epochs):
         order = ranks.broadcast(torch.randperm(len(batch)))  # rank 0's shuffle: every rank takes the same rows
         for start in range(0, len(batch), mini):
@@ -175,6 +175,11 @@ def train_step(
     return result
 
 
+def micro_per_rank(config: PPOConfig | GRPOConfig, ranks: Ranks) -> int:
+    """Rows of one rank's forward/backward: the micro-batch is shared by the ranks, as the reference's."""
+    return max(1, config.micro_batch_size // ranks.world)
+
+
 def _update_minibatch(
     config: PPOConfig | GRPOConfig, batch: TrainingBatch, rows: Tensor, models: Models, old_logprobs: Tensor,
     ref_logprobs: Tensor | None, advantages: Tensor, returns: Tensor | None, old_values: Tensor | None,
@@ -187,7 +192,7 @@ def _update_minibatch(
     kl_loss = ref_logprobs is not None and not config.kl_in_reward
     names = ("policy_loss", "entropy", "clip_fraction", "approx_kl", *(("kl",) if kl_loss else ()))
     sums = dict.fromkeys(names, 0.0)
-    for micro in ranks.micro_batches(longest_first(batch, rows), config.micro_batch_size):
+    for micro in ranks.micro_batches(longest_first(batch, rows), micro_per_rank(config, ranks)):
         index = micro if micro is not None else rows[:1]  # a rank out of rows still joins FSDP's collectives
         weight = float(ranks.world) if micro is not None else 0.0  # undoes FSDP's mean over ranks
         part = batch.select(index).compact()
@@ -240,7 +245,7 @@ def _update_critic(
     models.critic_optimizer.zero_grad(set_to_none=True)
     tokens = float(batch.response_mask[rows].sum().clamp(min=1))
     value_loss = 0.0
-    for micro in ranks.micro_batches(longest_first(batch, rows), config.micro_batch_size):
+    for micro in ranks.micro_batches(longest_first(batch, rows), micro_per_rank(config, ranks)):
         index = micro if micro is not None else rows[:1]
         part = batch.select(index).compact()
         r = part.response_len

@@ -55,7 +55,7 @@ def job_spec(algorithm: str, total_steps: int, eval_questions: int = 0, **algo: 
         "name": f"test-{algorithm}",
         "model": MODEL,
         "algorithm": {
-            "name": algorithm, "prompts_per_step": 2, "group_size": 2, "mini_batch_size": 2, "micro_batch_size": 2,
+            "name": algorithm, "prompts_per_step": 2, "group_size": 2, "mini_batch_size": 4, "micro_batch_size": 2,
             "actor_lr": 1e-3, "actor_warmup_ratio": 0.0, **algo,
         },
         "data": data,

@@ -26,12 +26,13 @@ ALGORITHMS = ("grpo", "ppo")
 
 
 def spec_for(algorithm: str) -> JobSpec:
-    # 7 trajectories, mini-batches of 6 and micro-batches of 2: rank 1 runs out of rows and joins with stand-ins.
+    # 7 trajectories, mini-batches of 6 and micro-batches of 4 (2 per rank): rank 1 runs out of rows and joins
+    # with stand-ins.
     overrides = {
         "model": MODEL,
         "algorithm": {
             "actor_lr": 1e-2, "actor_warmup_ratio": 0.0, "prompts_per_step": 3, "group_size": 3,
-            "mini_batch_size": 2, "micro_batch_size": 2,
+            "mini_batch_size": 6, "micro_batch_size": 4,
             **({"critic_lr": 1e-2, "critic_warmup_ratio": 0.0} if algorithm == "ppo" else {}),
         },
         "schedule": {"total_steps": 10},

@@ -115,7 +115,7 @@ def job_spec(model: Path, train: Path, eval_set: Path) -> dict[str, Any]:
         "name": "live-e2e",
         "model": str(model),
         "algorithm": {
-            "name": "grpo", "prompts_per_step": 2, "group_size": 2, "mini_batch_size": 2, "micro_batch_size": 2,
+            "name": "grpo", "prompts_per_step": 2, "group_size": 2, "mini_batch_size": 4, "micro_batch_size": 2,
             "actor_lr": 1e-7, "actor_warmup_ratio": 0.0,
         },
         "data": {"train": [{"path": str(train), "format": "jsonl"}],

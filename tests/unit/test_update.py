@@ -45,7 +45,7 @@ def spec_for(algorithm: str) -> JobSpec:
     overrides = {
         "model": "tiny",
         "algorithm": {
-            "actor_lr": 3e-3, "actor_warmup_ratio": 0.0, "prompts_per_step": 2, "mini_batch_size": 2,
+            "actor_lr": 3e-3, "actor_warmup_ratio": 0.0, "prompts_per_step": 2, "mini_batch_size": 4,
             "micro_batch_size": 2, "group_size": 2,
             **({"critic_lr": 1e-2, "critic_warmup_ratio": 0.0} if algorithm == "ppo" else {}),
         },
@@ -107,3 +107,33 @@ def test_compacted_length_sorted_micro_batches_give_the_logprobs_of_one_full_wid
     torch.testing.assert_close(chunked * batch.response_mask, whole, rtol=1e-5, atol=1e-5)
     shortest = batch.select(batch.lengths().argsort()[:2]).compact()
     assert shortest.input_ids.shape[1] < batch.input_ids.shape[1], "nothing was trimmed"
+
+
+# The reference's update counts (PeterGriffinJin/Search-R1, train_grpo.sh / train_ppo.sh): 512 prompts per step,
+# ppo_mini_batch_size=256 trajectories; GRPO samples n_agent=5 per prompt (2,560 trajectories: 10 optimiser steps),
+# PPO one (512: 2 steps).
+REFERENCE_UPDATES = {"grpo": 10, "ppo": 2}
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
+def test_paper_presets_make_the_reference_count_of_optimizer_steps(model_dir: Path, algorithm: str) -> None:
+    algo = JobSpec.from_preset(f"paper-{algorithm}", {"model": "tiny"}).algorithm
+    trajectories = algo.prompts_per_step * algo.group_size
+    assert (trajectories, trajectories // algo.mini_batch_size) == (512 * algo.group_size, REFERENCE_UPDATES[algorithm])
+    # The same shape scaled down 64 times (8 prompts, mini-batches of 4 and micro-batches of 1 trajectory) on
+    # the tiny model, counting the optimiser's steps.
+    small = {"prompts_per_step": 8, "mini_batch_size": algo.mini_batch_size // 64, "micro_batch_size": 1}
+    spec = JobSpec.from_preset(f"paper-{algorithm}", {"model": "tiny", "algorithm": small})
+    models = build_models(spec, str(model_dir), torch.device("cpu"))
+    steps = {"policy": 0, "critic": 0}
+    optimizers = {"policy": models.optimizer, "critic": models.critic_optimizer}
+    for name, optimizer in optimizers.items():
+        if optimizer is not None:
+            optimizer.register_step_post_hook(lambda *_, name=name: steps.__setitem__(name, steps[name] + 1))
+    good, bad = (GOOD, GOOD_MASK, 1.0), (BAD, [1, 1, 1], 0.0)
+    items = [scored(*(good if row % 2 else bad), f"q:{row // algo.group_size}") for row in range(trajectories // 64)]
+    train_step(spec.algorithm, collate(items, pad_id=0), models)
+    assert steps == {
+        "policy": REFERENCE_UPDATES[algorithm],
+        "critic": REFERENCE_UPDATES[algorithm] if algorithm == "ppo" else 0,
+    }

@@ -99,7 +99,25 @@ def _new_id() -> str:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, validate_assignment=False)
+    """Unknown fields are errors and floats are finite: JSON's `Infinity`/`NaN` (or `1e999`) would be stored as
+    null and could never be read back."""
+
+    model_config = ConfigDict(
+        extra="forbid", arbitrary_types_allowed=True, validate_assignment=False, allow_inf_nan=False
+    )
+
+
+# Upper bounds of counts and sizes, so no spec or message asks for unbounded work or storage.
+MAX_STEPS = 10_000_000
+MAX_ITEMS = 1_000_000  # prompts per step, batch sizes, examples per data source
+MAX_TOKENS = 1_048_576
+MAX_SEED = 2**32 - 1  # what numpy's and torch's generators take
+MAX_TEXT = 4096  # model ids, paths, URLs
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+# Job ids name Redis keys and Prometheus labels: short, and no ':' to step out of the key namespace.
+JobId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+# A learner's metric may diverge (a NaN loss): events report it as it is (JSON shows null).
+AnyFloat = Annotated[float, Field(allow_inf_nan=True)]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -110,7 +128,7 @@ class Message(_Strict):
     """Base of every stream message: a unique id (consumers deduplicate on it) and the schema version."""
 
     kind: ClassVar[str] = "message"
-    msg_id: str = Field(default_factory=_new_id, min_length=1)
+    msg_id: str = Field(default_factory=_new_id, min_length=1, max_length=128)
     schema_version: int = SCHEMA_VERSION
     created_at: float = Field(default_factory=time.time)
 
@@ -165,7 +183,7 @@ class RolloutRequest(Message):
     """Ask the rollout tier for `n_samples` episodes of one prompt under a given policy version."""
 
     kind: ClassVar[str] = "rollout_request"
-    job_id: str = Field(min_length=1)
+    job_id: JobId
     prompt_uid: str = Field(min_length=1, description="globally unique across data sources (GRPO groups)")
     prompt_ids: TokenIds
     n_samples: int = Field(1, ge=1, le=1024)
@@ -174,8 +192,8 @@ class RolloutRequest(Message):
     data_source: str = ""
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     max_turns: int = Field(4, ge=0, le=64)
-    max_obs_tokens: int = Field(500, ge=1)
-    max_context_tokens: int = Field(4096, ge=16)
+    max_obs_tokens: int = Field(500, ge=1, le=MAX_TOKENS)
+    max_context_tokens: int = Field(4096, ge=16, le=MAX_TOKENS)
     topk: int = Field(3, ge=1, le=100)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     is_eval: bool = False
@@ -204,7 +222,7 @@ class Trajectory(Message):
     """One finished episode, token-in/token-out: the exact sampled ids with a loss mask and behaviour logprobs."""
 
     kind: ClassVar[str] = "trajectory"
-    job_id: str = Field(min_length=1)
+    job_id: JobId
     request_id: str = Field(min_length=1)
     prompt_uid: str = Field(min_length=1)
     sample_index: int = Field(0, ge=0)
@@ -265,7 +283,7 @@ class WeightsPublished(Message):
     """Policy weights of `version` are ready at `uri`; rollout engines pause, load and resume."""
 
     kind: ClassVar[str] = "weights_published"
-    job_id: str = Field(min_length=1)
+    job_id: JobId
     version: int = Field(ge=0)
     uri: str = Field(min_length=1)
     format: WeightFormat = WeightFormat.SAFETENSORS
@@ -290,13 +308,14 @@ class JobEvent(Message):
     """Something a person watching a job wants to know: a state change, a log line, metrics, a checkpoint."""
 
     kind: ClassVar[str] = "job_event"
-    job_id: str = Field(min_length=1)
-    # progress: how far a long phase has got (an evaluation's examples: data {"done", "total"})
+    job_id: JobId
+    # progress: how far a long phase has got, in episodes scored: data {"phase": "eval" | "rollout" (a training
+    # step's), "done", "total"}
     event: Literal["state", "log", "metrics", "checkpoint", "eval", "progress"]
     state: JobState | None = None
     step: int | None = Field(None, ge=0)
     message: str = ""
-    data: dict[str, float | int | str | bool] = Field(default_factory=dict)
+    data: dict[str, AnyFloat | int | str | bool] = Field(default_factory=dict)
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
@@ -311,24 +330,24 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 class _AlgorithmBase(_Strict):
     actor_lr: float = Field(1e-6, gt=0, le=1.0)
     actor_warmup_ratio: float = Field(0.285, ge=0, le=1)
-    kl_coef: float = Field(0.001, ge=0)
+    kl_coef: float = Field(0.001, ge=0, le=100)
     clip_eps: float = Field(0.2, gt=0, lt=1)
-    entropy_coef: float = Field(0.001, ge=0)
-    grad_clip: float = Field(1.0, gt=0)
+    entropy_coef: float = Field(0.001, ge=0, le=100)
+    grad_clip: float = Field(1.0, gt=0, le=1e6)
     epochs: int = Field(1, ge=1, le=100)
     adam_betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = Field(0.01, ge=0)
-    prompts_per_step: int = Field(512, ge=1)
+    weight_decay: float = Field(0.01, ge=0, le=10)
+    prompts_per_step: int = Field(512, ge=1, le=MAX_ITEMS)
     group_size: int = Field(1, ge=1, le=64, description="samples per prompt")
     mini_batch_size: int = Field(
-        256, ge=1, description="trajectories per optimiser step (prompts_per_step x group_size of "
+        256, ge=1, le=MAX_ITEMS, description="trajectories per optimiser step (prompts_per_step x group_size of "
         "them make a training step), as the reference's ppo_mini_batch_size",
     )  # fmt: skip
     micro_batch_size: int = Field(
-        64, ge=1, description="trajectories per forward/backward, summed over the learner's ranks "
+        64, ge=1, le=MAX_ITEMS, description="trajectories per forward/backward, summed over the learner's ranks "
         "(each takes micro_batch_size / learner_workers, at least 1), as the reference's ppo_micro_batch_size",
     )  # fmt: skip
-    max_staleness: int = Field(0, ge=0, description="0 = synchronous on-policy, as the reference")
+    max_staleness: int = Field(0, ge=0, le=1000, description="0 = synchronous on-policy, as the reference")
 
     @model_validator(mode="after")
     def _check_batches(self) -> Self:
@@ -355,7 +374,7 @@ class PPOConfig(_AlgorithmBase):
     kl_in_reward: bool = True
     gamma: float = Field(1.0, ge=0, le=1)
     lam: float = Field(1.0, ge=0, le=1)
-    value_clip: float = Field(0.5, gt=0)
+    value_clip: float = Field(0.5, gt=0, le=1e6)
 
 
 class GRPOConfig(_AlgorithmBase):
@@ -363,17 +382,17 @@ class GRPOConfig(_AlgorithmBase):
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     kl_in_reward: bool = False
     group_size: int = Field(5, ge=2, le=64, description="samples per prompt; advantages are normalised per group")
-    std_eps: float = Field(1e-6, gt=0)
+    std_eps: float = Field(1e-6, gt=0, le=1)
 
 
 class DataSource(_Strict):
     """A local JSONL/parquet file (ours or Search-R1's format) or a Hugging Face dataset id."""
 
-    path: str = Field(min_length=1)
+    path: str = Field(min_length=1, max_length=MAX_TEXT)
     format: Literal["auto", "searchr1", "jsonl", "hf"] = "auto"
-    split: str = "train"
-    limit: int | None = Field(None, ge=1)
-    name: str | None = None
+    split: str = Field("train", max_length=256)
+    limit: int | None = Field(None, ge=1, le=MAX_ITEMS)
+    name: str | None = Field(None, max_length=256)
     label: str | None = Field(
         None,
         min_length=1,
@@ -384,22 +403,22 @@ class DataSource(_Strict):
 
 
 class DataConfig(_Strict):
-    train: list[DataSource] = Field(default_factory=list, description="required by a training job")
-    eval: list[DataSource] = Field(default_factory=list)
-    shuffle_seed: int = 0
+    train: list[DataSource] = Field(default_factory=list, max_length=64, description="required by a training job")
+    eval: list[DataSource] = Field(default_factory=list, max_length=64)
+    shuffle_seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class RolloutConfig(_Strict):
     max_turns: int = Field(4, ge=0, le=64)
     max_tokens_per_turn: int = Field(500, ge=1, le=32768)
-    max_obs_tokens: int = Field(500, ge=1)
-    max_context_tokens: int = Field(4096, ge=16)
-    max_prompt_tokens: int = Field(2048, ge=8)
+    max_obs_tokens: int = Field(500, ge=1, le=MAX_TOKENS)
+    max_context_tokens: int = Field(4096, ge=16, le=MAX_TOKENS)
+    max_prompt_tokens: int = Field(2048, ge=8, le=MAX_TOKENS)
     temperature: float = Field(1.0, ge=0, le=10)
     top_p: float = Field(1.0, gt=0, le=1)
     topk: int = Field(3, ge=1, le=100)
-    retriever_url: str | None = None
-    request_timeout_s: float = Field(600.0, gt=0)
+    retriever_url: str | None = Field(None, max_length=MAX_TEXT)
+    request_timeout_s: float = Field(600.0, gt=0, le=MAX_TIMEOUT_S)
     prompt_style: PromptStyle = Field(
         "instruct", description="instruct: the rules, then the question; few_shot: worked examples first, for small "
         "models (services.prompts)",
@@ -418,7 +437,7 @@ class RolloutConfig(_Strict):
 class ResourcesConfig(_Strict):
     learner_nodes: int = Field(1, ge=1, le=1024)
     learner_gpus_per_node: int = Field(0, ge=0, le=16)
-    learner_cpus_per_worker: float = Field(1.0, gt=0)
+    learner_cpus_per_worker: float = Field(1.0, gt=0, le=1024)
     learner_workers: int = Field(
         1, ge=1, le=1024, description="Ray Train workers, one FSDP rank each; rank 0 drives the job's streams"
     )
@@ -427,14 +446,15 @@ class ResourcesConfig(_Strict):
 
 
 class ScheduleConfig(_Strict):
-    total_steps: int = Field(1005, ge=1)
-    save_interval: int = Field(100, ge=1)
-    eval_interval: int = Field(100, ge=1)
+    total_steps: int = Field(1005, ge=1, le=MAX_STEPS)
+    save_interval: int = Field(100, ge=1, le=MAX_STEPS)
+    eval_interval: int = Field(100, ge=1, le=MAX_STEPS)
     eval_before_train: bool = True
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     time_limit_s: float | None = Field(
         None,
         gt=0,
+        le=365 * 24 * 3600.0,
         description="wall-clock budget of one learner run: the first step that ends past it is the last, with "
         "its eval and checkpoint, and the job succeeds with the steps done (a resumed run gets a fresh budget)",
     )
@@ -446,7 +466,7 @@ class JobSpec(_Strict):
 
     name: str = Field("searchr1-job", min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     kind: Literal["train", "eval"] = "train"
-    model: str = Field(min_length=1, description="HF id, local path, or an offline registry name")
+    model: str = Field(min_length=1, max_length=MAX_TEXT, description="HF id, local path, or an offline registry name")
     algorithm: PPOConfig | GRPOConfig = Field(discriminator="name")
     data: DataConfig
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
@@ -471,6 +491,18 @@ class JobSpec(_Strict):
             return cls.model_validate(payload)
         except ValidationError as exc:
             raise ContractError(describe_validation_error(exc, "JobSpec")) from None
+
+    def to_json(self) -> str:
+        """The spec as stored: JSON that parses back to the same spec, checked (a value that would not survive
+        the trip is refused here rather than poisoning every later read of the store)."""
+        text = self.model_dump_json()
+        try:
+            stored = type(self).model_validate_json(text)
+        except ValidationError as exc:
+            raise ContractError(describe_validation_error(exc, "JobSpec")) from None
+        if stored != self:
+            raise ContractError("JobSpec: the spec does not read back as written; refusing to store it")
+        return text
 
     @classmethod
     def from_preset(cls, preset: str, overrides: dict[str, Any] | None = None) -> JobSpec:

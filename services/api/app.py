@@ -20,8 +20,9 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, 
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import make_asgi_app
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 
+from services.bodylimit import BodyLimit
 from services.config import SHARED_DATA_DIR, Settings
 from services.contracts import PRESETS, ContractError, JobEvent, JobSpec, JobState, RolloutConfig
 from services.streams import Streams, connect
@@ -46,9 +47,18 @@ class ApiSettings(Settings):
     work_dir: Path = Path("var")
     learner_entrypoint: str = DEFAULT_ENTRYPOINT
     scheduler_interval_s: float = Field(1.0, gt=0)
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="larger request bodies are answered 413")
     shared_data_dir: Path = Field(
         SHARED_DATA_DIR, description="the data kit whose eval/ sets evaluations name, as the learners see it"
     )
+
+    @field_validator("api_token")
+    @classmethod
+    def _printable_ascii(cls, token: SecretStr | None) -> SecretStr | None:
+        """A bearer token travels in an HTTP header: printable ASCII, or no client could send it."""
+        if token is not None and not (token.get_secret_value().isascii() and token.get_secret_value().isprintable()):
+            raise ValueError("the API token must be printable ASCII (it is sent in the Authorization header)")
+        return token
 
 
 def build_launcher(settings: ApiSettings) -> Launcher:
@@ -67,9 +77,11 @@ def _error(description: str) -> dict[str, Any]:
 
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: _error("no bearer token"), 403: _error("wrong bearer token"),
+    415: _error("with no token configured: a POST that is not application/json"),
 }  # fmt: skip
 NOT_FOUND = {404: _error("no such job")}
-INVALID = {422: _error("invalid request body; the detail names the field")}
+INVALID = {413: _error("request body too large"), 422: _error("invalid request body; the detail names the field")}
+MAX_JSON_DEPTH = 32  # nesting of a request body; a JobSpec is five levels deep
 
 
 def _body_schema(schema: dict[str, Any]) -> dict[str, Any]:
@@ -94,13 +106,26 @@ def _add_component_schemas(app: FastAPI, models: list[type[BaseModel]]) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in a parsed JSON value (iteratively: no recursion to exhaust)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            todo.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 async def _json_object(request: Request, what: str) -> dict[str, Any]:
     try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HTTPException(422, f"request body is not valid JSON: {exc}") from None
+        body = json.loads(await request.body())
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, a 4,301-digit integer, nesting past the stack
+        raise HTTPException(422, f"request body is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(body, dict):
         raise HTTPException(422, f"request body must be a JSON object: {what}")
+    if _depth(body) > MAX_JSON_DEPTH:
+        raise HTTPException(422, f"request body nests deeper than {MAX_JSON_DEPTH} levels")
     return body
 
 
@@ -122,16 +147,30 @@ def create_app(settings: ApiSettings) -> FastAPI:
             await streams.redis.aclose()
 
     app = FastAPI(title="searchr1", version="0.1.0", lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     local_learners = settings.launcher == "local"  # they read this machine's files: the API can check data paths
     bearer = HTTPBearer(auto_error=False)
 
-    def authorize(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
+    def authorize(
+        request: Request,
+        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
+    ) -> None:
         if settings.api_token is None:
+            json_posts_only(request)
             return
         if credentials is None:
             raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-        if not hmac.compare_digest(credentials.credentials, settings.api_token.get_secret_value()):
+        # Bytes, not str: compare_digest refuses non-ASCII str; headers arrive decoded as latin-1.
+        given = credentials.credentials.encode("latin-1", errors="replace")
+        if not hmac.compare_digest(given, settings.api_token.get_secret_value().encode()):
             raise HTTPException(403, "wrong bearer token")
+
+    def json_posts_only(request: Request) -> None:
+        """With no token a web page in the user's browser could POST here cross-origin, but only as text/plain,
+        a form or multipart: a JSON content type needs a CORS preflight, which this API never grants."""
+        media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if request.method == "POST" and media_type != "application/json":
+            raise HTTPException(415, f"POST bodies must be application/json, got {media_type or 'no content type'!r}")
 
     def store(request: Request) -> JobStore:
         return request.app.state.store
@@ -191,9 +230,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
                 spec = JobSpec.from_preset(body["preset"], overrides)
             else:
                 spec = JobSpec.parse(body)
+            job = await store(request).create(spec)
         except ContractError as exc:
             raise HTTPException(422, str(exc)) from None
-        job = await store(request).create(spec)
         return JSONResponse(job.to_api(), status_code=201)
 
     @v1.get("/jobs")
@@ -206,7 +245,11 @@ def create_app(settings: ApiSettings) -> FastAPI:
     ) -> dict[str, Any]:
         """Jobs newest first: trainings and evaluations (`kind` keeps one of them)."""
         jobs, total = await store(request).list(state, offset, limit, kind)
-        return {"jobs": [job.to_api() for job in jobs], "total": total, "offset": offset, "limit": limit}
+        quarantined = await store(request).quarantined()  # undecodable records, out of the listing (see the log)
+        return {
+            "jobs": [job.to_api() for job in jobs], "total": total, "offset": offset, "limit": limit,
+            "quarantined": quarantined,
+        }  # fmt: skip
 
     @v1.get("/jobs/{job_id}", responses=NOT_FOUND)
     async def get_job(request: Request, job_id: str) -> dict[str, Any]:
@@ -294,9 +337,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
             model, rollout, origin = await evaluated(job_store, evaluation)
             sources = eval_sources(evaluation, settings.shared_data_dir, check_files=local_learners)
             spec = eval_spec(evaluation, model, sources, rollout)
+            created = await job_store.create(spec, origin)
         except ContractError as exc:
             raise HTTPException(422, str(exc)) from None
-        created = await job_store.create(spec, origin)
         return view(created, [])
 
     @v1.get("/evaluations", response_model=EvaluationList)

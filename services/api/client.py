@@ -49,7 +49,7 @@ class JobsClient:
         return self._call("GET", f"/v1/jobs/{job_id}")
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        return self._call("POST", f"/v1/jobs/{job_id}/cancel")
+        return self._call("POST", f"/v1/jobs/{job_id}/cancel", json={})  # JSON: an open API takes no other POST
 
     def metrics(self, job_id: str) -> list[dict[str, Any]]:
         return self._call("GET", f"/v1/jobs/{job_id}/metrics")["history"]

@@ -8,12 +8,15 @@ event. This module turns a request into that JobSpec and a job's record and even
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.contracts import (
+    MAX_ITEMS,
+    MAX_TEXT,
     ContractError,
     DataConfig,
     DataSource,
@@ -66,19 +69,22 @@ class EvaluationRequest(BaseModel):
 
     name: str = Field("eval", min_length=1, max_length=54, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     model: str | None = Field(
-        None, min_length=1, description="HF id, local path or registry name", json_schema_extra=_given_as_string
-    )
+        None, min_length=1, max_length=MAX_TEXT, description="HF id, local path or registry name",
+        json_schema_extra=_given_as_string,
+    )  # fmt: skip
     job_id: str | None = Field(
-        None, min_length=1, description="evaluate a checkpoint of this training job", json_schema_extra=_given_as_string
-    )
+        None, min_length=1, max_length=128, description="evaluate a checkpoint of this training job",
+        json_schema_extra=_given_as_string,
+    )  # fmt: skip
     step: int | None = Field(None, ge=1, description="with job_id: the checkpoint's step (default: the latest)")
     datasets: list[EvalSetName] = Field(
         default_factory=list, description="eval sets of the shared data kit", json_schema_extra={"uniqueItems": True}
     )
-    paths: list[str] = Field(
-        default_factory=list, description="absolute paths of JSONL eval files", json_schema_extra={"uniqueItems": True}
-    )
-    limit: int | None = Field(None, ge=1, description="at most this many questions per data set")
+    paths: list[Annotated[str, Field(max_length=MAX_TEXT)]] = Field(
+        default_factory=list, max_length=64, description="absolute paths of JSONL eval files",
+        json_schema_extra={"uniqueItems": True},
+    )  # fmt: skip
+    limit: int | None = Field(None, ge=1, le=MAX_ITEMS, description="at most this many questions per data set")
     rollout: RolloutConfig | None = Field(None, description="default: the job's (for a checkpoint), else the defaults")
 
     @classmethod
@@ -96,7 +102,7 @@ class EvaluationRequest(BaseModel):
         if not request.datasets and not request.paths:
             problems.append(f"datasets: name at least one data set ({', '.join(EVAL_SETS)}) or JSONL file in paths")
         for field_name, values in (("datasets", request.datasets), ("paths", request.paths)):
-            repeated = sorted({value for value in values if values.count(value) > 1})
+            repeated = sorted(value for value, times in Counter(values).items() if times > 1)
             if repeated:
                 problems.append(f"{field_name}: {', '.join(repeated)} named more than once")
         if problems:

@@ -36,8 +36,7 @@ class Scheduler:
         self._stopping = asyncio.Event()
 
     async def tick(self) -> None:
-        jobs, _ = await self.store.list(limit=10_000)
-        active = [job for job in jobs if job.state in ACTIVE]
+        active = [job for state in ACTIVE for job in (await self.store.list(state, limit=10_000))[0]]
         for job in active:
             await self._follow_events(job)
             await self._check_launch(job)
@@ -70,7 +69,10 @@ class Scheduler:
             await self.store.transition(job_id, JobState.STARTING, launcher=self.launcher.name)
         except (IllegalTransition, JobNotFound):
             return False  # cancelled meanwhile, or taken by another API replica
-        job = await self.store.get(job_id)
+        try:
+            job = await self.store.get(job_id)
+        except JobNotFound:  # deleted meanwhile, or its record is unreadable (the store quarantined it)
+            return False
         try:
             handle = await self.launcher.start(job)
         except Exception as exc:
@@ -110,9 +112,8 @@ class Scheduler:
                     await self.store.transition(job.id, status.state, message=status.message)
 
     async def _export_counts(self) -> None:
-        jobs, _ = await self.store.list(limit=10_000)
-        for state in JobState:
-            JOBS.labels(state.value).set(sum(1 for job in jobs if job.state is state))
+        for state, count in (await self.store.counts()).items():
+            JOBS.labels(state.value).set(count)
 
     # -- background loop ---------------------------------------------------------------------------------
     def start(self) -> None:

@@ -2,13 +2,20 @@
 queue.
 
 A job is a hash (`<prefix>:jobs:<id>`); `<prefix>:jobs:index` orders jobs by creation and `<prefix>:jobs:queue`
-holds the queued ones in arrival order. Every state change is one Lua script that checks the current state, so
-two API replicas (or an API restart in the middle of a launch) can never move a job along an illegal edge.
+holds the queued ones in arrival order. Job ids always end in `-<8 hex digits>`, so none can name the store's own
+keys. A record that cannot be decoded is quarantined (`<prefix>:jobs:quarantine`): out of the listing and the
+queue, logged and counted, kept for a person to inspect, so it cannot take listing or scheduling down.
+
+Every state change is one Lua script that checks the current state, so two API replicas (or an API restart in
+the middle of a launch) can never move a job along an illegal edge.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -18,6 +25,13 @@ import redis.asyncio as aioredis
 
 from services.contracts import JobEvent, JobSpec, JobState
 from services.streams import Streams
+from services.telemetry import counter
+
+log = logging.getLogger(__name__)
+
+# What `create` makes: the job's name (JobSpec.name), '-', eight hex digits.
+JOB_ID = re.compile(r"[a-z0-9][-a-z0-9]{0,62}-[0-9a-f]{8}")
+QUARANTINED = counter("searchr1_api_jobs_quarantined_total", "Job records that could not be decoded, quarantined")
 
 ALLOWED: dict[JobState, set[JobState]] = {
     JobState.QUEUED: {JobState.STARTING, JobState.CANCELLED},
@@ -47,6 +61,10 @@ class JobNotFound(LookupError):
 
 class IllegalTransition(ValueError):
     pass
+
+
+class JobUnreadable(JobNotFound):
+    """The job's stored record cannot be decoded; it has been quarantined (to the scheduler: gone)."""
 
 
 @dataclass
@@ -95,6 +113,17 @@ class JobRecord:
         }
 
 
+def _kind(values: list[bytes | None]) -> str | None:
+    """A job's kind from HMGET state, kind, spec (records stored before `kind` had its field: the spec's)."""
+    _, kind, spec = values
+    if kind is not None:
+        return kind.decode()
+    try:
+        return json.loads(spec or b"{}").get("kind", "train")
+    except (ValueError, AttributeError):
+        return None  # unreadable: the listing that reads it whole quarantines it
+
+
 def _decode(raw: dict[bytes, bytes]) -> JobRecord:
     values = {k.decode(): v.decode() for k, v in raw.items()}
 
@@ -125,10 +154,13 @@ class JobStore:
         prefix = streams.prefix
         self._index = f"{prefix}:jobs:index"
         self._queue = f"{prefix}:jobs:queue"
+        self._quarantine = f"{prefix}:jobs:quarantine"
         self._job_prefix = f"{prefix}:jobs:"
         self._transition = self.redis.register_script(_TRANSITION)
 
     def _key(self, job_id: str) -> str:
+        if not JOB_ID.fullmatch(job_id):
+            raise JobNotFound(f"no job with id {job_id[:100]!r}")
         return self._job_prefix + job_id
 
     async def create(self, spec: JobSpec, origin: dict[str, Any] | None = None) -> JobRecord:
@@ -140,7 +172,8 @@ class JobStore:
                 self._key(job_id),
                 mapping={
                     "id": job_id,
-                    "spec": spec.model_dump_json(),
+                    "spec": spec.to_json(),
+                    "kind": spec.kind,
                     "state": JobState.QUEUED.value,
                     "created_at": repr(now),
                     "updated_at": repr(now),
@@ -158,23 +191,65 @@ class JobStore:
         raw = await self.redis.hgetall(self._key(job_id))
         if not raw:
             raise JobNotFound(f"no job with id {job_id!r}")
-        return _decode(raw)
+        record = await self._read(job_id, raw)
+        if record is None:
+            raise JobUnreadable(f"job {job_id}: its stored record cannot be read; it is quarantined (see the log)")
+        return record
+
+    async def _read(self, job_id: str, raw: dict[bytes, bytes]) -> JobRecord | None:
+        """The decoded record, or None after quarantining a record that cannot be decoded."""
+        try:
+            return _decode(raw)
+        except (ValueError, KeyError, TypeError) as exc:  # ValidationError and JSON errors are ValueErrors
+            reason = f"{type(exc).__name__}: {exc}"[:1000]
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.zadd(self._quarantine, {job_id: time.time()}, nx=True)
+                pipe.zrem(self._index, job_id)
+                pipe.lrem(self._queue, 0, job_id)
+                pipe.hset(self._key(job_id), "quarantined", reason)
+                added, *_ = await pipe.execute()
+            if added:
+                QUARANTINED.inc()
+                log.error("job %s: stored record cannot be decoded (%s); quarantined in %s", job_id, reason,
+                          self._quarantine)  # fmt: skip
+            return None
+
+    async def quarantined(self) -> int:
+        """How many job records were quarantined as undecodable."""
+        return await self.redis.zcard(self._quarantine)
 
     async def list(
         self, state: JobState | None = None, offset: int = 0, limit: int = 50, kind: str | None = None
     ) -> tuple[list[JobRecord], int]:
-        """Newest first, optionally only one state and one kind (train, eval); returns (page, total matching)."""
+        """Newest first, optionally only one state and one kind (train, eval); returns (page, total matching).
+        Filters read two small fields per job; only the page's records are read whole."""
         ids = [i.decode() for i in await self.redis.zrevrange(self._index, 0, -1)]
+        if state is not None or kind is not None:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.hmget(self._key(job_id), ["state", "kind", "spec"] if kind else ["state"])
+                fields = await pipe.execute()
+            wanted = state.value.encode() if state else None
+            ids = [
+                job_id
+                for job_id, values in zip(ids, fields, strict=True)
+                if (wanted is None or values[0] == wanted) and (kind is None or _kind(values) == kind)
+            ]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id in ids:
+            for job_id in ids[offset : offset + limit]:
                 pipe.hgetall(self._key(job_id))
             raws = await pipe.execute()
-        records = [_decode(raw) for raw in raws if raw]
-        if state is not None:
-            records = [r for r in records if r.state is state]
-        if kind is not None:
-            records = [r for r in records if r.spec.kind == kind]
-        return records[offset : offset + limit], len(records)
+        page = [await self._read(job_id, raw) for job_id, raw in zip(ids[offset:], raws, strict=False) if raw]
+        return [record for record in page if record is not None], len(ids)
+
+    async def counts(self) -> dict[JobState, int]:
+        """How many jobs are in each state (one small field read per job)."""
+        ids = await self.redis.zrange(self._index, 0, -1)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(self._key(job_id.decode()), "state")
+            states = [state.decode() for state in await pipe.execute() if state]
+        return {state: states.count(state.value) for state in JobState}
 
     async def queued(self) -> list[str]:
         return [i.decode() for i in await self.redis.lrange(self._queue, 0, -1)]
@@ -209,8 +284,10 @@ class JobStore:
         await self.redis.hset(self._key(job_id), "handle", json.dumps(handle))
 
     async def record_progress(self, job_id: str, step: int, metrics: dict[str, float]) -> None:
+        """The job's step and latest metrics; a diverged (NaN, infinite) metric is left out: JSON has no NaN."""
+        finite = {name: value for name, value in metrics.items() if math.isfinite(value)}
         await self.redis.hset(
-            self._key(job_id), mapping={"step": step, "metrics": json.dumps(metrics), "updated_at": repr(time.time())}
+            self._key(job_id), mapping={"step": step, "metrics": json.dumps(finite), "updated_at": repr(time.time())}
         )
 
     async def publish_event(self, event: JobEvent) -> None:

@@ -1,0 +1,146 @@
+"""Bad input sent to the real jobs API (real Redis, real process): each gets a 4xx naming what is wrong, other
+clients are served as before, and nothing stored is lost."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+import redis
+from support import ApiServer
+
+from services.api.app import ApiSettings
+from services.api.client import JobsClient
+from services.contracts import ContractError, JobSpec
+
+
+def tiny_job(name: str = "ok", **schedule: object) -> dict:
+    return {
+        "preset": "paper-grpo",
+        "overrides": {"name": name, "model": "tiny", "schedule": {"total_steps": 1, **schedule}},
+    }
+
+
+def post_raw(api: ApiServer, path: str, text: str | bytes, content_type: str = "application/json") -> httpx.Response:
+    return api.client.post(path, content=text, headers={"Content-Type": content_type})
+
+
+def store_keys(api: ApiServer) -> redis.Redis:
+    return redis.Redis.from_url(api.env["SEARCHR1_REDIS_URL"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ('{"algorithm": {"kl_coef": 1e999}}', "JobSpec.algorithm.grpo.kl_coef: Input should be a finite number"),
+        ('{"rollout": {"temperature": NaN}}', "JobSpec.rollout.temperature: Input should be a finite number"),
+        ('{"rollout": {"request_timeout_s": Infinity}}', "JobSpec.rollout.request_timeout_s"),
+        ('{"rollout": {"request_timeout_s": 1e300}}', "JobSpec.rollout.request_timeout_s: Input should be less"),
+        ('{"schedule": {"total_steps": 1000000000000000000000000000000}}', "JobSpec.schedule.total_steps"),
+        ('{"schedule": {"seed": -1}}', "JobSpec.schedule.seed"),
+        (json.dumps({"model": "m" * 10_000}), "JobSpec.model: String should have at most 4096 characters"),
+        ('{"algorithm": {"adam_betas": [0.9, -Infinity]}}', "JobSpec.algorithm.grpo.adam_betas.1"),
+    ],
+)
+def test_non_finite_and_unbounded_values_are_refused(api: ApiServer, overrides: str, expected: str) -> None:
+    response = post_raw(api, "/v1/jobs", '{"preset": "paper-grpo", "overrides": ' + overrides + "}")
+    assert response.status_code == 422, response.text
+    assert expected in response.json()["detail"]
+    listing = api.client.get("/v1/jobs")
+    assert listing.status_code == 200 and listing.json()["total"] == 0, "nothing refused is stored"
+
+
+def test_an_undecodable_record_is_quarantined_and_listing_and_scheduling_go_on(api: ApiServer) -> None:
+    """The record an older build stored for `kl_coef: 1e999` (null where a float belongs) next to good jobs."""
+    prefix = api.env["SEARCHR1_KEY_PREFIX"]
+    spec = json.loads(JobSpec.from_preset("paper-grpo", {"name": "poison", "model": "tiny"}).to_json())
+    spec["algorithm"]["kl_coef"] = None
+    bad_id = "poison-0123abcd"
+    keys = store_keys(api)
+    keys.hset(f"{prefix}:jobs:{bad_id}", mapping={"id": bad_id, "spec": json.dumps(spec), "state": "QUEUED",
+                                                  "created_at": "1.0", "updated_at": "1.0", "step": 0})  # fmt: skip
+    keys.zadd(f"{prefix}:jobs:index", {bad_id: 1.0})
+    keys.rpush(f"{prefix}:jobs:queue", bad_id)
+
+    good = api.client.post("/v1/jobs", json=tiny_job()).json()
+    api.wait_state(good["id"], "SUCCEEDED")  # the scheduler's tick is not stuck on the bad record
+    listing = api.client.get("/v1/jobs")
+    assert listing.status_code == 200
+    assert [job["id"] for job in listing.json()["jobs"]] == [good["id"]]
+    assert listing.json()["quarantined"] == 1
+    assert api.client.get("/v1/evaluations").status_code == 200
+    assert api.client.get("/v1/jobs", params={"state": "QUEUED"}).json()["total"] == 0
+    missing = api.client.get(f"/v1/jobs/{bad_id}")
+    assert missing.status_code == 404 and "quarantined" in missing.json()["detail"]
+    # Nothing lost: the record is kept, with the reason, for a person to fix or delete.
+    assert keys.hget(f"{prefix}:jobs:{bad_id}", "spec") == json.dumps(spec).encode()
+    assert b"kl_coef" in keys.hget(f"{prefix}:jobs:{bad_id}", "quarantined")
+    assert keys.zscore(f"{prefix}:jobs:quarantine", bad_id) is not None
+    assert bad_id.encode() not in keys.lrange(f"{prefix}:jobs:queue", 0, -1)
+    assert "searchr1_api_jobs_quarantined_total 1.0" in httpx.get(api.url + "/metrics/").text
+
+
+@pytest.mark.parametrize("job_id", ["index", "queue", "quarantine", "x" * 5000])
+def test_job_ids_cannot_name_the_stores_own_keys(api: ApiServer, job_id: str) -> None:
+    good = api.client.post("/v1/jobs", json=tiny_job()).json()
+    for response in (api.client.get(f"/v1/jobs/{job_id}"), api.client.post(f"/v1/jobs/{job_id}/cancel"),
+                     api.client.get(f"/v1/jobs/{job_id}/events", params={"follow": False})):  # fmt: skip
+        assert response.status_code == 404, response.text
+        assert "no job with id" in response.json()["detail"] and len(response.text) < 300
+    assert api.client.get("/v1/jobs").json()["jobs"][0]["id"] == good["id"]
+    assert api.client.post("/v1/evaluations", json={"job_id": job_id, "datasets": ["nq"]}).status_code in (404, 422)
+
+
+def test_non_ascii_bearer_tokens_are_refused_not_crashed_on(api: ApiServer) -> None:
+    for header in (b"Bearer \xc3\xa9t\xc3\xa9", b"Bearer \xff\xfe"):
+        response = httpx.get(api.url + "/v1/jobs", headers={"Authorization": header})
+        assert response.status_code == 403 and response.json()["detail"] == "wrong bearer token"
+    assert api.client.get("/v1/jobs").status_code == 200
+
+
+def test_a_non_ascii_configured_token_is_refused_at_startup() -> None:
+    with pytest.raises(ContractError, match="api_token: Value error, the API token must be printable ASCII"):
+        ApiSettings.load(api_token="s\u00e9cret")
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "expected"),
+    [
+        ('{"preset": "paper-grpo", "overrides": ' + '{"a": ' * 100 + "1" + "}" * 101, 422, "nests deeper than 32"),
+        ("[" * 200_000 + "]" * 200_000, 422, "not valid JSON"),
+        ('{"preset": "paper-grpo", "overrides": {"schedule": {"seed": 1' + "0" * 4300 + "}}}", 422, "4300 digits"),
+        ('{"preset": "paper-grpo"' + " " * 2_000_000 + "}", 413, "larger than 1048576 bytes"),
+        (b'{"preset": "\xff"}', 422, "not valid JSON"),
+    ],
+)
+def test_hostile_json_gets_a_4xx(api: ApiServer, body: str | bytes, status: int, expected: str) -> None:
+    for path in ("/v1/jobs", "/v1/evaluations"):
+        response = post_raw(api, path, body)
+        assert response.status_code == status, response.text[:500]
+        assert expected in response.json()["detail"]
+    assert api.client.get("/v1/jobs").json()["total"] == 0
+    assert api.client.post("/v1/jobs", json=tiny_job()).status_code == 201, "the next client is served"
+
+
+def test_evaluation_requests_with_many_paths_are_answered_at_once(api: ApiServer) -> None:
+    paths = [f"/data/eval-{i}.jsonl" for i in range(20_000)]
+    response = api.client.post("/v1/evaluations", json={"model": "tiny", "paths": paths}, timeout=5)
+    assert response.status_code == 422
+    assert "EvaluationRequest.paths: List should have at most 64 items" in response.json()["detail"]
+
+
+def test_without_a_token_posts_must_be_json_so_no_web_page_can_send_them(api: ApiServer) -> None:
+    del api.env["SEARCHR1_API_TOKEN"]
+    api.restart()
+    plain = post_raw(api, "/v1/jobs", json.dumps(tiny_job()), content_type="text/plain")
+    assert plain.status_code == 415 and "must be application/json" in plain.json()["detail"]
+    form = post_raw(api, "/v1/jobs", "preset=paper-grpo", content_type="application/x-www-form-urlencoded")
+    assert form.status_code == 415
+    assert api.client.get("/v1/jobs").json()["total"] == 0
+    api.env["FAKE_LEARNER_STEP_S"] = "5"
+    api.restart()
+    job = api.client.post("/v1/jobs", json=tiny_job(total_steps=50)).json()
+    assert httpx.post(f"{api.url}/v1/jobs/{job['id']}/cancel").status_code == 415, "a bodiless cancel is refused"
+    assert api.client.get(f"/v1/jobs/{job['id']}").json()["state"] in ("QUEUED", "STARTING", "RUNNING")
+    assert JobsClient(api.url, token="").cancel(job["id"])["state"] == "CANCELLED", "the CLI's cancel sends JSON"

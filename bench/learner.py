@@ -58,7 +58,8 @@ def spec_for(algorithm: str, model: str, trajectories: int, micro: int) -> JobSp
     # One mini-batch (one optimiser step) over the whole batch; mini- and micro-batches count trajectories.
     prompts = trajectories // GROUP
     algo: dict[str, Any] = {"prompts_per_step": prompts, "group_size": GROUP, "epochs": 1,
-                            "mini_batch_size": trajectories, "micro_batch_size": micro}  # fmt: skip
+                            "mini_batch_size": trajectories, "micro_batch_size": micro,
+                            "gradient_checkpointing": False}  # fmt: skip
     return JobSpec.from_preset(f"paper-{algorithm}", {"model": model, "algorithm": algo})
 
 

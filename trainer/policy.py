@@ -67,9 +67,15 @@ def shard(model: nn.Module) -> nn.Module:
     return model
 
 
-def build_models(spec: JobSpec, model_path: str, device: torch.device, gradient_checkpointing: bool = False) -> Models:
+def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute each decoder layer's activations in the backward pass (non-reentrant: parameters get gradients
+    even where the layer's inputs need none)."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def build_models(spec: JobSpec, model_path: str, device: torch.device) -> Models:
     """Policy, optimiser and warm-up schedule; a frozen reference when KL is used; a critic for PPO (an evaluation
-    job needs neither: it only serves the policy)."""
+    job needs neither: it only serves the policy). `algorithm.gradient_checkpointing` applies to policy and critic."""
     config: PPOConfig | GRPOConfig = spec.algorithm
     total = spec.schedule.total_steps
     training = spec.kind == "train"
@@ -78,8 +84,10 @@ def build_models(spec: JobSpec, model_path: str, device: torch.device, gradient_
     if training and config.kl_coef > 0:
         reference = copy.deepcopy(base).eval().requires_grad_(False)
     critic = Critic(copy.deepcopy(base)).to(device) if training and isinstance(config, PPOConfig) else None
-    if gradient_checkpointing:
-        base.gradient_checkpointing_enable()
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(base)
+        if critic is not None:
+            enable_gradient_checkpointing(critic.trunk)
     policy = shard(base)
     optimizer = torch.optim.AdamW(
         policy.parameters(), lr=config.actor_lr, betas=config.adam_betas, weight_decay=config.weight_decay

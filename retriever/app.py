@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 import time
@@ -17,8 +18,10 @@ from typing import Any, get_args
 
 import torch
 import uvicorn
-from fastapi import FastAPI, HTTPException, Response
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from prometheus_client import make_asgi_app
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -30,6 +33,7 @@ from retriever.schemas import RetrieveRequest, SearchRequest
 from retriever.search import SearchItem
 from retriever.settings import RetrieverSettings, SearchBackendName
 from retriever.web.client import WebSearchError
+from services.bodylimit import BodyLimit
 from services.contracts import ContractError
 from services.telemetry import configure_logging
 
@@ -37,6 +41,7 @@ log = logging.getLogger(__name__)
 
 _TIMED_PATHS = {"/retrieve", "/v1/search"}
 _MAX_ERRORS = 10  # per response, so a batch of 4096 over-long queries does not echo 4096 errors
+_MAX_ECHO = 200  # characters of a refused input a 422 repeats
 
 
 class _RequestMetrics:
@@ -113,7 +118,9 @@ def create_app(settings: RetrieverSettings | None = None, searcher: SearchBacken
                 state.searcher.close()
 
     app = FastAPI(title="searchr1 retriever", lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(_RequestMetrics)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     app.mount("/metrics", make_asgi_app())
 
     def check(queries: Sequence[str], topk: int) -> None:
@@ -124,6 +131,13 @@ def create_app(settings: RetrieverSettings | None = None, searcher: SearchBacken
             )
         if not 1 <= topk <= settings.max_topk:
             errors.append(_error(("body", "topk"), f"topk must be between 1 and {settings.max_topk}, got {topk}"))
+        elif len(queries) * topk > settings.max_results:
+            message = f"{len(queries)} queries x topk {topk} is over {settings.max_results} passages; send fewer"
+            errors.append(_error(("body", "queries"), message))
+        total_chars = sum(len(query) for query in queries)
+        if total_chars > settings.max_total_chars:
+            message = f"the queries hold {total_chars} characters together, the limit is {settings.max_total_chars}"
+            errors.append(_error(("body", "queries"), message))
         for i, query in enumerate(queries):
             if len(query) > settings.max_query_chars:
                 message = f"query is {len(query)} characters long, the limit is {settings.max_query_chars}"
@@ -194,6 +208,26 @@ def _document(hit: Hit) -> dict[str, str]:
 
 def _error(loc: tuple[str | int, ...], message: str) -> dict[str, Any]:
     return {"type": "value_error", "loc": loc, "msg": message, "input": None}
+
+
+def _echo(value: Any) -> Any:
+    """A refused input as a 422 repeats it: whole when short and valid JSON text, else the start of its JSON
+    (ASCII, so lone surrogates and NaN cannot break the answer) and its length."""
+    text = json.dumps(value, default=str)
+    if len(text) <= _MAX_ECHO:
+        try:
+            json.dumps(value, ensure_ascii=False, allow_nan=False).encode()
+            return value
+        except (ValueError, TypeError):  # NaN, a lone surrogate, something JSON has no word for
+            return text
+    return f"{text[:_MAX_ECHO]}... ({len(text)} characters)"
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422, with at most _MAX_ERRORS errors and each input cut short (a 422 must not echo megabytes)."""
+    assert isinstance(exc, RequestValidationError)
+    errors = [{**error, "input": _echo(error.get("input"))} for error in exc.errors()[:_MAX_ERRORS]]
+    return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
 
 def serve(settings: RetrieverSettings | None = None, **overrides: Any) -> None:

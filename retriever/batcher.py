@@ -5,6 +5,10 @@ one at a time (the reference), one worker takes every request waiting, waits at 
 and runs them as one batch in a worker thread. Under load the next batch gathers while the current one runs.
 The wait is skipped while requests come one at a time (the last batch held a single request), so a lone
 client pays no latency for it.
+
+No request holds others up or takes them down with it: a request larger than `max_batch` goes through in pieces
+of `max_batch`, each queued behind whatever arrived meanwhile; a batch that fails is run again request by request,
+so only the request that caused the failure gets it; a request whose caller went away is not run.
 """
 
 from __future__ import annotations
@@ -55,8 +59,12 @@ class Coalescer(Generic[T, R]):
         self._executor.shutdown(wait=True)
 
     async def submit(self, items: Sequence[T]) -> list[R]:
-        if not items:
-            return []
+        results: list[R] = []
+        for start in range(0, len(items), self.max_batch):
+            results += await self._submit(items[start : start + self.max_batch])
+        return results
+
+    async def _submit(self, items: Sequence[T]) -> list[R]:
         future: asyncio.Future[list[R]] = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait((items, future))
@@ -86,17 +94,37 @@ class Coalescer(Generic[T, R]):
                 size += len(entry[0])
             self._last_batch_requests = len(batch)
             PENDING_REQUESTS.set(self._queue.qsize())
-            BATCH_QUERIES.observe(size)
-            items = [item for entry_items, _ in batch for item in entry_items]
-            try:
-                results = await loop.run_in_executor(self._executor, self._run, items)
-            except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            start = 0
-            for entry_items, future in batch:
-                if not future.done():  # a cancelled request (client went away) is simply dropped
-                    future.set_result(results[start : start + len(entry_items)])
-                start += len(entry_items)
+            batch = [entry for entry in batch if not entry[1].done()]  # a cancelled request (client gone) is dropped
+            if batch:
+                BATCH_QUERIES.observe(sum(len(entry_items) for entry_items, _ in batch))
+                await loop.run_in_executor(self._executor, self._run_batch, batch)
+
+    def _run_batch(self, batch: list[tuple[Sequence[T], asyncio.Future[list[R]]]]) -> None:
+        """Run the batch (in the worker thread); if it fails, run each request alone so only the culprit fails."""
+        items = [item for entry_items, _ in batch for item in entry_items]
+        try:
+            results = self._run(items)
+        except Exception as exc:
+            if len(batch) == 1:
+                self._settle(batch[0][1], exc)
+                return
+            for entry in batch:
+                self._run_batch([entry])
+            return
+        start = 0
+        for entry_items, future in batch:
+            self._settle(future, results[start : start + len(entry_items)])
+            start += len(entry_items)
+
+    def _settle(self, future: asyncio.Future[list[R]], outcome: list[R] | Exception) -> None:
+        """Give a request its results or its error, from the worker thread (the future lives in the loop)."""
+
+        def settle() -> None:
+            if future.done():  # cancelled meanwhile: its caller went away
+                return
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+        future.get_loop().call_soon_threadsafe(settle)

@@ -126,3 +126,51 @@ def test_the_wait_for_company_is_skipped_while_requests_come_alone() -> None:
     first, second, third = asyncio.run(_with(coalescer, body))
     assert first >= 0.3  # nothing known yet: the first batch waits
     assert second < 0.1 and third < 0.1
+
+
+def test_a_failing_batch_is_retried_request_by_request_so_only_the_culprit_fails() -> None:
+    recorder = Recorder(fail_on=3)
+    coalescer: Coalescer[int, int] = Coalescer(recorder, max_wait_s=0.05)
+
+    async def body() -> list[object]:
+        return await asyncio.gather(*(coalescer.submit([i, 10 + i]) for i in (1, 3, 5)), return_exceptions=True)
+
+    good, bad, other = asyncio.run(_with(coalescer, body))
+    assert good == [2, 22] and other == [10, 30]
+    assert isinstance(bad, ValueError) and str(bad) == "cannot handle 3"
+    assert sorted(recorder.batches[0]) == [1, 3, 5, 11, 13, 15], "one coalesced batch first"
+    assert sorted(map(sorted, recorder.batches[1:])) == [[1, 11], [3, 13], [5, 15]], "then each request alone"
+
+
+def test_a_request_larger_than_max_batch_goes_in_pieces_letting_others_in_between() -> None:
+    recorder = Recorder(delay_s=0.05)
+    coalescer: Coalescer[int, int] = Coalescer(recorder, max_wait_s=0.0, max_batch=4)
+
+    async def body() -> tuple[list[int], list[int]]:
+        big = asyncio.ensure_future(coalescer.submit(list(range(12))))
+        await asyncio.sleep(0.01)  # the big request's first piece is running
+        small = await coalescer.submit([100])
+        assert not big.done(), "the small request did not wait for the whole big one"
+        return await big, small
+
+    big, small = asyncio.run(_with(coalescer, body))
+    assert big == [2 * i for i in range(12)] and small == [200]
+    assert all(len(batch) <= 5 for batch in recorder.batches)
+    assert recorder.batches[0] == [0, 1, 2, 3] and 100 in recorder.batches[1], "in with the big one's 2nd piece"
+
+
+def test_a_request_whose_caller_went_away_is_not_run() -> None:
+    recorder = Recorder(delay_s=0.2)
+    coalescer: Coalescer[int, int] = Coalescer(recorder, max_wait_s=0.0)
+
+    async def body() -> list[int]:
+        running = asyncio.ensure_future(coalescer.submit([1]))
+        await asyncio.sleep(0.05)
+        gone = asyncio.ensure_future(coalescer.submit([2]))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        recorder.release.set()
+        return await running
+
+    assert asyncio.run(_with(coalescer, body)) == [2]
+    assert recorder.batches == [[1]]

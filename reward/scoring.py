@@ -44,8 +44,6 @@ GoldenAnswers = str | Iterable[str]
 
 _DROP_PUNCTUATION = str.maketrans("", "", string.punctuation)
 _ARTICLE = re.compile(r"\b(a|an|the)\b")
-_ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_INFORMATION_BLOCK = re.compile(r"<information>(.*?)</information>", re.DOTALL)
 _TAG = re.compile(r"</?(?:think|search|information|answer)>")
 
 
@@ -111,6 +109,22 @@ def f1(prediction: str, golden_answers: GoldenAnswers) -> float:
 # Reading a response
 
 
+def _blocks(text: str, tag: str) -> list[str]:
+    """The contents of the ``<tag>...</tag>`` blocks, as ``re.findall(r"<tag>(.*?)</tag>", text, re.DOTALL)``
+    finds them, in one linear pass: that regex rescans the rest of the text from every unclosed opening tag,
+    which is quadratic on degenerate text (thousands of ``<answer>`` and no ``</answer>``)."""
+    opening, closing = f"<{tag}>", f"</{tag}>"
+    blocks: list[str] = []
+    pos = 0
+    while (start := text.find(opening, pos)) >= 0:
+        end = text.find(closing, start + len(opening))
+        if end < 0:  # no closing tag after this opening one, so none after any later one either
+            break
+        blocks.append(text[start + len(opening) : end])
+        pos = end + len(closing)
+    return blocks
+
+
 def extract_answer(text: str, min_blocks: int = 1) -> str | None:
     """The stripped content of the last ``<answer>...</answer>`` block, or None with fewer than min_blocks.
 
@@ -118,7 +132,7 @@ def extract_answer(text: str, min_blocks: int = 1) -> str | None:
     """
     if min_blocks < 1:
         raise ValueError(f"min_blocks must be at least 1, got {min_blocks}")
-    blocks = _ANSWER_BLOCK.findall(text)
+    blocks = _blocks(text, "answer")
     if len(blocks) < min_blocks:
         return None
     return blocks[-1].strip()
@@ -136,7 +150,7 @@ def answer_in_text(text: str, golden_answers: GoldenAnswers) -> bool:
 
 def retrieval_hit(response: str, golden_answers: GoldenAnswers) -> bool:
     """True when a gold answer occurs (see `answer_in_text`) in the text of an ``<information>`` block."""
-    return any(answer_in_text(block, golden_answers) for block in _INFORMATION_BLOCK.findall(response))
+    return any(answer_in_text(block, golden_answers) for block in _blocks(response, "information"))
 
 
 # --------------------------------------------------------------------------------------------------------------

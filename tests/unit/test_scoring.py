@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import string
 
 import pytest
@@ -13,6 +14,7 @@ from reward.scoring import (
     FormatCheck,
     FormatScores,
     ScoreKind,
+    _blocks,
     answer_in_text,
     check_format,
     em,
@@ -449,3 +451,28 @@ def test_metrics_are_bounded_and_consistent(prediction: str, golds: list[str]) -
 def test_score_is_bounded_for_any_text(text: str, kind: ScoreKind) -> None:
     value = score(text, ["Paris"], kind)
     assert 0.0 <= value <= 1.0
+
+
+BLOCK_TEXT = st.lists(
+    st.sampled_from(["<answer>", "</answer>", "<information>", "</information>", "a", " b\n", "<", ">", "/"])
+).map("".join)
+
+
+@given(BLOCK_TEXT)
+def test_blocks_are_read_as_the_lazy_regex_reads_them(text: str) -> None:
+    for tag in ("answer", "information"):
+        assert _blocks(text, tag) == re.findall(f"<{tag}>(.*?)</{tag}>", text, re.DOTALL)
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("kind", ["em", "f1", "em_format"])
+def test_degenerate_text_is_scored_in_linear_time(kind: str) -> None:
+    """Tags opened thousands of times and never closed (1.5 MB; a quadratic scan takes minutes)."""
+    scores = FormatScores(retrieval_bonus=0.1)
+    answer_flood = "<think>x</think>" + "<answer>" * 100_000
+    information_flood = "<think>x</think><search>q</search>" + "<information>" * 100_000
+    assert score(answer_flood, ["x"], kind, scores) == 0.0
+    assert score(information_flood, ["x"], kind, scores) == 0.0
+    assert not retrieval_hit(information_flood + "x", ["x"])
+    closed = "<think>x</think>" + "<answer>" * 100_000 + "paris</answer>"
+    assert extract_answer(closed) == "<answer>" * 99_999 + "paris"

@@ -552,4 +552,33 @@ PRESETS: dict[str, dict[str, Any]] = {
         "rollout": {"temperature": 1.0, "top_p": 0.95},
         "resources": {"learner_gpus_per_node": 8, "learner_workers": 8, "rollout_gpus_per_replica": 1},
     },
+    # A job two CPU cores finish in minutes (~2 min a step) on the embedded platform that `make demo` leaves
+    # behind: `searchr1 up` serves the index of the demo's passages, which hold the answers of the demo's train
+    # questions (relative paths are read from where `searchr1 up` runs). GRPO with the demo's sizes and prompt.
+    "cpu-small": {
+        "name": "cpu-small",
+        "model": "smollm2-135m-instruct",
+        "algorithm": {
+            "name": "grpo",
+            "group_size": 4,
+            "prompts_per_step": 2,
+            "mini_batch_size": 8,
+            "micro_batch_size": 2,
+            "actor_lr": 2e-6,
+            "actor_warmup_ratio": 0.0,
+        },
+        "data": {"train": [{"path": "var/platform/demo-data/train.jsonl", "format": "jsonl"}]},
+        "rollout": {
+            "prompt_style": "few_shot",
+            "max_turns": 2,
+            "max_tokens_per_turn": 64,
+            "max_obs_tokens": 192,
+            "max_context_tokens": 1088,
+            "max_prompt_tokens": 512,
+            "request_timeout_s": 900,
+        },
+        "reward": {"kind": "em_format"},
+        "resources": {"learner_workers": 1, "learner_cpus_per_worker": 1},
+        "schedule": {"total_steps": 3, "save_interval": 3, "eval_interval": 3},
+    },
 }

@@ -168,6 +168,7 @@ class PlatformConfig:
     rollout_port: int = 8001
     ray_port: int = 6389
     ray_cpus: int = 2
+    rollout_cpus: int = 1  # of ray_cpus, reserved by the rollout replica; learners may have the rest
     reward_metrics_port: int = 9102
     rollout_metrics_port: int = 9103
     learner_metrics_port: int = 9104
@@ -219,7 +220,9 @@ def platform_specs(config: PlatformConfig, redis_url: str) -> list[ServiceSpec]:
                # not read by the API (it serves /metrics on its own port): inherited by the learners it launches
                "SEARCHR1_METRICS_PORT": str(config.learner_metrics_port),
                # Rollout and update take turns (on-policy): an update may use every CPU Ray was given.
-               "SEARCHR1_TORCH_THREADS": str(config.ray_cpus)}  # fmt: skip
+               "SEARCHR1_TORCH_THREADS": str(config.ray_cpus),
+               # Admission: a job whose learner asks for more CPUs than Ray has left is refused at submission.
+               "SEARCHR1_LEARNER_CPUS": str(config.ray_cpus - config.rollout_cpus)}  # fmt: skip
     if config.api_token:
         api_env["SEARCHR1_API_TOKEN"] = config.api_token
     ray_bin = str(Path(python).with_name("ray"))
@@ -275,6 +278,7 @@ def platform_specs(config: PlatformConfig, redis_url: str) -> list[ServiceSpec]:
                 "SEARCHR1_HTTP_PORT": str(config.rollout_port),
                 "SEARCHR1_MAX_MODEL_LEN": str(config.max_model_len),
                 "SEARCHR1_METRICS_PORT": str(config.rollout_metrics_port),
+                "SEARCHR1_REPLICA_CPUS": str(config.rollout_cpus),
                 "RAY_AUTH_MODE": "disabled",
             },
             startup_timeout_s=600,

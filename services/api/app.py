@@ -28,6 +28,7 @@ from services.contracts import PRESETS, ContractError, JobEvent, JobSpec, JobSta
 from services.streams import Streams, connect
 from services.telemetry import configure_logging
 
+from .admission import Capacity, admit
 from .evaluations import Evaluation, EvaluationList, EvaluationRequest, checkpoint_of, eval_sources, eval_spec, view
 from .kuberay import KubeRayLauncher, KubeRaySettings
 from .launchers import DEFAULT_ENTRYPOINT, Launcher, LocalLauncher
@@ -46,6 +47,13 @@ class ApiSettings(Settings):
     kuberay: KubeRaySettings = Field(default_factory=KubeRaySettings)
     work_dir: Path = Path("var")
     learner_entrypoint: str = DEFAULT_ENTRYPOINT
+    # What one learner may have with the local launcher: jobs asking for more are refused at submission.
+    learner_cpus: float | None = Field(None, gt=0, description="CPUs (default: this machine's)")
+    learner_gpus: int | None = Field(None, ge=0, description="GPUs (default: this machine's NVIDIA GPUs)")
+    data_dir: Path | None = Field(
+        None, description="where the local launcher's learners read relative data paths (they read this setting "
+        "too); default: the working directory",
+    )  # fmt: skip
     scheduler_interval_s: float = Field(1.0, gt=0)
     max_body_bytes: int = Field(1_048_576, ge=1024, description="larger request bodies are answered 413")
     shared_data_dir: Path = Field(
@@ -64,7 +72,8 @@ class ApiSettings(Settings):
 def build_launcher(settings: ApiSettings) -> Launcher:
     if settings.launcher == "kuberay":
         return KubeRayLauncher(settings.kuberay)
-    return LocalLauncher(settings.work_dir, settings.learner_entrypoint)
+    capacity = Capacity.of_this_machine(settings.learner_cpus, settings.learner_gpus)
+    return LocalLauncher(settings.work_dir, settings.learner_entrypoint, capacity=capacity)
 
 
 class ErrorDetail(BaseModel):
@@ -230,6 +239,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
                 spec = JobSpec.from_preset(body["preset"], overrides)
             else:
                 spec = JobSpec.parse(body)
+            admit(spec, request.app.state.scheduler.launcher.capacity, local_learners, settings.data_dir)
             job = await store(request).create(spec)
         except ContractError as exc:
             raise HTTPException(422, str(exc)) from None
@@ -337,6 +347,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             model, rollout, origin = await evaluated(job_store, evaluation)
             sources = eval_sources(evaluation, settings.shared_data_dir, check_files=local_learners)
             spec = eval_spec(evaluation, model, sources, rollout)
+            admit(spec, request.app.state.scheduler.launcher.capacity, local_learners, settings.data_dir)
             created = await job_store.create(spec, origin)
         except ContractError as exc:
             raise HTTPException(422, str(exc)) from None

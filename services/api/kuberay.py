@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 from kubernetes import client as k8s
@@ -42,6 +43,9 @@ class KubeRaySettings(BaseModel):
     worker_memory: str = "64Gi"
     ttl_seconds_after_finished: int = 3600
     request_timeout_s: float = 15.0
+    start_timeout_s: float = Field(
+        900.0, gt=0, description="a RayJob not running by then is deleted and its job failed, naming what it asked for"
+    )
 
 
 def rayjob_name(job_id: str) -> str:
@@ -167,8 +171,25 @@ def status_of(rayjob: dict[str, Any]) -> LaunchStatus:
     return LaunchStatus(JobState.RUNNING)
 
 
+# RayJob deployment states before its Ray cluster runs the entrypoint (KubeRay v1).
+NOT_STARTED = ("", "New", "Initializing", "Waiting")
+
+
+def not_started_message(job: JobRecord, settings: KubeRaySettings, deployment: str, waited_s: float) -> str:
+    """Why a learner is failed that has not started: what its Ray cluster asks the Kubernetes cluster for."""
+    name, resources = rayjob_name(job.id), job.spec.resources
+    return (
+        f"the learner did not start within {waited_s:.0f} s: RayJob {name} is still {deployment or 'not deployed'}. "
+        f"Its Ray cluster asks for {resources.learner_nodes} worker pod(s) of {settings.worker_cpu} CPU, "
+        f"{settings.worker_memory} memory and {resources.learner_gpus_per_node} GPU(s) each (plus a head pod of "
+        f"{settings.head_cpu} CPU, {settings.head_memory}); the cluster may not have them "
+        f"(kubectl describe rayjob {name}; kubectl get pods -l ray.io/cluster)"
+    )
+
+
 class KubeRayLauncher:
     name = "kuberay"
+    capacity = None  # the Kubernetes cluster places learners; one that cannot be placed fails after start_timeout_s
 
     def __init__(self, settings: KubeRaySettings, api_client: k8s.ApiClient | None = None) -> None:
         self.settings = settings
@@ -189,7 +210,7 @@ class KubeRayLauncher:
         )
         configmap = build_spec_configmap(job, self.settings, created["metadata"]["uid"])
         await asyncio.to_thread(self.core.create_namespaced_config_map, ns, configmap, _request_timeout=timeout)
-        return {"rayjob": rayjob["metadata"]["name"], "namespace": ns}
+        return {"rayjob": rayjob["metadata"]["name"], "namespace": ns, "launched_at": time.time()}
 
     async def poll(self, job: JobRecord) -> LaunchStatus:
         name = job.handle.get("rayjob") or rayjob_name(job.id)
@@ -203,7 +224,13 @@ class KubeRayLauncher:
             if exc.status == 404:
                 return LaunchStatus(JobState.FAILED, f"RayJob {name} no longer exists")
             raise
-        return status_of(rayjob)
+        status = status_of(rayjob)
+        deployment = (rayjob.get("status") or {}).get("jobDeploymentStatus", "")
+        waited_s = time.time() - float(job.handle.get("launched_at", time.time()))
+        if status.state is JobState.RUNNING and deployment in NOT_STARTED and waited_s > self.settings.start_timeout_s:
+            await self.cancel(job)  # its pending pods would hold on to what the cluster does have
+            return LaunchStatus(JobState.FAILED, not_started_message(job, self.settings, deployment, waited_s))
+        return status
 
     async def cancel(self, job: JobRecord) -> None:
         name = job.handle.get("rayjob") or rayjob_name(job.id)

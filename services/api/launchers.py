@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from services.contracts import JobState
 from services.processes import group_alive, pid_alive
 
+from .admission import Capacity
 from .store import JobRecord
 
 DEFAULT_ENTRYPOINT = "trainer.train"
@@ -35,6 +36,7 @@ class LaunchStatus:
 
 class Launcher(Protocol):
     name: str
+    capacity: Capacity | None  # what one learner can have, when the launcher knows (None: the cluster decides)
 
     async def start(self, job: JobRecord) -> dict[str, Any]:
         """Start the learner; returns a JSON-able handle stored with the job."""
@@ -50,10 +52,17 @@ class LocalLauncher:
 
     name = "local"
 
-    def __init__(self, work_dir: Path, entrypoint: str = DEFAULT_ENTRYPOINT, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        work_dir: Path,
+        entrypoint: str = DEFAULT_ENTRYPOINT,
+        env: dict[str, str] | None = None,
+        capacity: Capacity | None = None,
+    ):
         self.work_dir = work_dir
         self.entrypoint = entrypoint
         self.env = env or {}
+        self.capacity = capacity or Capacity.of_this_machine()
         self._children: dict[str, subprocess.Popen[bytes]] = {}
 
     def job_dir(self, job_id: str) -> Path:

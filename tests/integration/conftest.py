@@ -23,6 +23,9 @@ def api(worker_env: dict[str, str], tmp_path: Path) -> Iterator[ApiServer]:
         SEARCHR1_LEARNER_ENTRYPOINT="fake_learner",
         SEARCHR1_WORK_DIR=str(tmp_path),
         SEARCHR1_SCHEDULER_INTERVAL_S="0.2",
+        # The stand-in learner takes no CPU or GPU: a paper-sized machine lets these tests submit the paper presets.
+        SEARCHR1_LEARNER_CPUS="8",
+        SEARCHR1_LEARNER_GPUS="8",
         PYTHONPATH=os.pathsep.join([str(HERE), worker_env["PYTHONPATH"]]),
     )
     server = ApiServer(env)

@@ -51,6 +51,7 @@ async def main() -> int:
         await streams.publish(events, JobEvent(job_id=args.job_id, event="metrics", step=step, data=data))
     checkpoint = os.path.join(args.output_dir, "checkpoint-final")
     saved = {"path": checkpoint, "policy": os.path.join(checkpoint, "policy")}
+    os.makedirs(saved["policy"], exist_ok=True)  # the folder an evaluation of the checkpoint names as its model
     last = spec.schedule.total_steps
     await streams.publish(events, JobEvent(job_id=args.job_id, event="checkpoint", step=last, data=saved))
     await streams.publish(events, JobEvent(job_id=args.job_id, event="state", state=JobState.SUCCEEDED))

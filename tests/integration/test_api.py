@@ -11,11 +11,15 @@ import redis
 from support import ApiServer, wait_until
 
 from services.config import SHARED_DATA_DIR
+from services.models import TINY_QWEN2
 from services.processes import group_alive
 
 
 def tiny_job(steps: int = 3, name: str = "tiny") -> dict:
-    return {"preset": "paper-grpo", "overrides": {"name": name, "model": "tiny", "schedule": {"total_steps": steps}}}
+    return {
+        "preset": "paper-grpo",
+        "overrides": {"name": name, "model": TINY_QWEN2, "schedule": {"total_steps": steps}},
+    }
 
 
 def test_auth_is_required_except_for_health_and_metrics(api: ApiServer) -> None:
@@ -42,6 +46,34 @@ def test_invalid_submissions_answer_422_with_the_field_path(api: ApiServer, body
     assert response.status_code == 422
     assert expected in response.json()["detail"]
     assert api.client.get("/v1/jobs").json()["total"] == 0, "a rejected job must not be stored"
+
+
+def test_jobs_that_cannot_run_here_are_refused_at_submission(api: ApiServer, tmp_path: Path) -> None:
+    """A two-core machine with no GPU, as the embedded platform tells its API (the rollout tier keeps one CPU)."""
+    api.env.update(SEARCHR1_LEARNER_CPUS="1", SEARCHR1_LEARNER_GPUS="0", SEARCHR1_DATA_DIR=str(tmp_path))
+    api.restart()
+    (tmp_path / "train.jsonl").write_text('{"id": "1", "question": "q?", "golden_answers": ["a"], "source": "t"}\n')
+
+    def refused(preset: str, **overrides: object) -> str:
+        response = api.client.post("/v1/jobs", json={"preset": preset, "overrides": overrides})
+        assert response.status_code == 422, response.text
+        return response.json()["detail"]
+
+    unplaceable = refused("paper-grpo", model=TINY_QWEN2)
+    assert "the learner asks for 8 GPU(s) and 8 CPU(s) on 1 node(s)" in unplaceable
+    assert "this platform has 0 GPU(s) and 1 CPU(s) for learners" in unplaceable and "cpu-small" in unplaceable
+    typo = refused("cpu-small", model="smollm2-135m-instruc", data={"train": [{"path": "train.jsonl"}]})
+    assert typo.startswith("JobSpec.model: 'smollm2-135m-instruc' is not an offline registry name (the closest is "
+                           "'smollm2-135m-instruct'")  # fmt: skip
+    missing = refused("cpu-small", data={"train": [{"path": "train.jsonl"}], "eval": [{"path": "nope.jsonl"}]})
+    assert missing == f"JobSpec.data.eval.0.path: no such file {tmp_path / 'nope.jsonl'}", "read from the data dir"
+    assert api.client.get("/v1/jobs").json()["total"] == 0, "a refused job is not stored"
+    hub_data = {"train": [{"path": "PeterJinGo/nq_hotpotqa_train", "format": "hf"}]}
+    for fits in ({"data": {"train": [{"path": "train.jsonl"}]}}, {"model": "Qwen/Qwen2.5-0.5B", "data": hub_data}):
+        response = api.client.post("/v1/jobs", json={"preset": "cpu-small", "overrides": fits})
+        assert response.status_code == 201, response.text  # hub ids are the learner's to fetch
+    evaluation = api.client.post("/v1/evaluations", json={"model": "smollm2-135m-instruc", "datasets": ["nq"]})
+    assert evaluation.status_code == 422 and "the closest is 'smollm2-135m-instruct'" in evaluation.json()["detail"]
 
 
 def test_job_runs_to_success_with_metrics_checkpoints_and_events(api: ApiServer) -> None:
@@ -134,12 +166,12 @@ def test_a_model_is_evaluated_on_data_kit_sets_and_jsonl_files(api: ApiServer, t
     mine = tmp_path / "my questions.jsonl"
     rows = [{"id": str(i), "question": f"q{i}?", "golden_answers": ["a"], "source": "mine:test"} for i in range(5)]
     mine.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    body = {"name": "smoke", "model": "tiny", "datasets": ["nq", "hotpotqa"], "paths": [str(mine)], "limit": 4}
+    body = {"name": "smoke", "model": TINY_QWEN2, "datasets": ["nq", "hotpotqa"], "paths": [str(mine)], "limit": 4}
     created = api.client.post("/v1/evaluations", json=body)
     assert created.status_code == 201, created.text
     evaluation = created.json()
     assert evaluation["id"].startswith("smoke-") and evaluation["state"] == "QUEUED"
-    assert evaluation["model"] == "tiny" and evaluation["results"] is None and evaluation["job_id"] is None
+    assert evaluation["model"] == TINY_QWEN2 and evaluation["results"] is None and evaluation["job_id"] is None
     kit = SHARED_DATA_DIR / "eval"
     assert evaluation["datasets"] == [
         {"name": "nq", "path": str(kit / "nq_test.jsonl"), "limit": 4},
@@ -187,6 +219,6 @@ def test_a_job_checkpoint_is_evaluated_latest_or_by_step(api: ApiServer) -> None
 def test_a_failed_evaluation_says_why(api: ApiServer) -> None:
     api.env["FAKE_LEARNER_EXIT"] = "3"
     api.restart()
-    evaluation = api.client.post("/v1/evaluations", json={"model": "tiny", "datasets": ["nq"]}).json()
+    evaluation = api.client.post("/v1/evaluations", json={"model": TINY_QWEN2, "datasets": ["nq"]}).json()
     failed = evaluation_done(api, evaluation["id"], "FAILED")
     assert "exited with code 3" in failed["message"] and failed["results"] is None

@@ -13,12 +13,13 @@ from support import ApiServer
 from services.api.app import ApiSettings
 from services.api.client import JobsClient
 from services.contracts import ContractError, JobSpec
+from services.models import TINY_QWEN2
 
 
 def tiny_job(name: str = "ok", **schedule: object) -> dict:
     return {
         "preset": "paper-grpo",
-        "overrides": {"name": name, "model": "tiny", "schedule": {"total_steps": 1, **schedule}},
+        "overrides": {"name": name, "model": TINY_QWEN2, "schedule": {"total_steps": 1, **schedule}},
     }
 
 
@@ -54,7 +55,7 @@ def test_non_finite_and_unbounded_values_are_refused(api: ApiServer, overrides: 
 def test_an_undecodable_record_is_quarantined_and_listing_and_scheduling_go_on(api: ApiServer) -> None:
     """The record an older build stored for `kl_coef: 1e999` (null where a float belongs) next to good jobs."""
     prefix = api.env["SEARCHR1_KEY_PREFIX"]
-    spec = json.loads(JobSpec.from_preset("paper-grpo", {"name": "poison", "model": "tiny"}).to_json())
+    spec = json.loads(JobSpec.from_preset("paper-grpo", {"name": "poison", "model": TINY_QWEN2}).to_json())
     spec["algorithm"]["kl_coef"] = None
     bad_id = "poison-0123abcd"
     keys = store_keys(api)
@@ -125,7 +126,7 @@ def test_hostile_json_gets_a_4xx(api: ApiServer, body: str | bytes, status: int,
 
 def test_evaluation_requests_with_many_paths_are_answered_at_once(api: ApiServer) -> None:
     paths = [f"/data/eval-{i}.jsonl" for i in range(20_000)]
-    response = api.client.post("/v1/evaluations", json={"model": "tiny", "paths": paths}, timeout=5)
+    response = api.client.post("/v1/evaluations", json={"model": TINY_QWEN2, "paths": paths}, timeout=5)
     assert response.status_code == 422
     assert "EvaluationRequest.paths: List should have at most 64 items" in response.json()["detail"]
 

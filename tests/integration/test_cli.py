@@ -17,6 +17,7 @@ from support import TOKEN
 from services.cli import main
 from services.config import Settings
 from services.contracts import JobEvent
+from services.models import TINY_QWEN2
 from services.streams import Streams, connect
 
 
@@ -76,7 +77,7 @@ def test_jobs_commands_drive_the_api(api, monkeypatch, capsys, tmp_path: Path) -
     monkeypatch.setenv("SEARCHR1_API_URL", api.url)
     monkeypatch.setenv("SEARCHR1_API_TOKEN", TOKEN)
     argv = ["jobs", "submit", "--preset", "paper-grpo", "--set", "name=cli-job", "--set", "schedule.total_steps=2"]
-    assert main([*argv, "--set", "model=tiny"]) == 0
+    assert main([*argv, "--set", f"model={TINY_QWEN2}"]) == 0
     job_id = capsys.readouterr().out.split()[0]
     assert job_id.startswith("cli-job-")
     assert main(["jobs", "logs", job_id, "--follow"]) == 0
@@ -86,10 +87,12 @@ def test_jobs_commands_drive_the_api(api, monkeypatch, capsys, tmp_path: Path) -
     assert [line.split()[1] for line in states] == ["QUEUED", "STARTING", "RUNNING", "SUCCEEDED"], log
     assert any(line.startswith("[metrics] step 2 ") for line in log), log
     assert main(["jobs", "get", job_id]) == 0
-    assert json.loads(capsys.readouterr().out)["spec"]["model"] == "tiny"
+    assert json.loads(capsys.readouterr().out)["spec"]["model"] == TINY_QWEN2
 
     spec_file = tmp_path / "job.yaml"
-    spec_file.write_text("name: from-file\nmodel: tiny\nalgorithm: {name: ppo}\ndata: {train: [{path: x.jsonl}]}\n")
+    (tmp_path / "train.jsonl").write_text('{"id": "1", "question": "q?", "golden_answers": ["a"], "source": "t"}\n')
+    spec_file.write_text(f"name: from-file\nmodel: {TINY_QWEN2}\nalgorithm: {{name: ppo}}\n"
+                         f"data: {{train: [{{path: {tmp_path / 'train.jsonl'}}}]}}\n")  # fmt: skip
     assert main(["jobs", "submit", str(spec_file), "--set", "schedule.total_steps=1"]) == 0
     assert main(["train", "--model", "Qwen/Qwen2.5-7B", "--algo", "grpo", "--set", "schedule.total_steps=1"]) == 0
     assert main(["jobs", "list"]) == 0
@@ -106,7 +109,7 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(api, tmp_path: Path) -
     """`searchr1 jobs list | head -1`: the pipe's reader is gone before the list is written."""
     env = {**os.environ, "SEARCHR1_API_URL": api.url, "SEARCHR1_API_TOKEN": TOKEN}
     script = str(Path(sys.executable).with_name("searchr1"))
-    subprocess.run([script, "jobs", "submit", "--preset", "paper-grpo", "--set", "model=tiny"], env=env,
+    subprocess.run([script, "jobs", "submit", "--preset", "paper-grpo", "--set", f"model={TINY_QWEN2}"], env=env,
                    capture_output=True, timeout=60, check=True)  # fmt: skip
     read_end, write_end = os.pipe()
     os.close(read_end)
@@ -131,14 +134,14 @@ def test_eval_command_follows_an_evaluation_and_prints_em(api, monkeypatch, caps
     monkeypatch.chdir(tmp_path)
     rows = [{"id": str(i), "question": f"q{i}?", "golden_answers": ["a"], "source": "mine:test"} for i in range(2)]
     (tmp_path / "mine.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    argv = ["eval", "--model", "tiny", "--dataset", "nq", "--dataset", "hotpotqa", "--dataset", "mine.jsonl"]
+    argv = ["eval", "--model", TINY_QWEN2, "--dataset", "nq", "--dataset", "hotpotqa", "--dataset", "mine.jsonl"]
     assert main([*argv, "--limit", "4"]) == 0
     out, err = capsys.readouterr()
     # The stand-in learner reports EM = 1 / (questions read): the limit for the kit's sets, 2 for the file.
     assert out.splitlines()[1:] == [f"{'nq':20}  0.250", f"{'hotpotqa':20}  0.250", f"{'mine':20}  0.500"]
     assert "10/10" in err and "SUCCEEDED" in err, err
 
-    assert main(["jobs", "submit", "--preset", "paper-grpo", "--set", "model=tiny", "--set", "name=trained",
+    assert main(["jobs", "submit", "--preset", "paper-grpo", "--set", f"model={TINY_QWEN2}", "--set", "name=trained",
                  "--set", "schedule.total_steps=1"]) == 0  # fmt: skip
     job_id = capsys.readouterr().out.split()[0]
     api.wait_state(job_id, "SUCCEEDED")
@@ -146,12 +149,12 @@ def test_eval_command_follows_an_evaluation_and_prints_em(api, monkeypatch, caps
     assert capsys.readouterr().out.splitlines()[1:] == [f"{'bamboogle':20}  0.200"]
     assert main(["eval", "--job", job_id, "--step", "9", "--dataset", "nq"]) == 1
     assert f"job {job_id} has no checkpoint at step 9; it has 1" in capsys.readouterr().err
-    assert main(["eval", "--model", "tiny", "--step", "1", "--dataset", "nq"]) == 2
+    assert main(["eval", "--model", TINY_QWEN2, "--step", "1", "--dataset", "nq"]) == 2
     assert "--step picks a checkpoint of --job" in capsys.readouterr().err
-    assert main(["eval", "--model", "tiny", "--dataset", "squad"]) == 2
+    assert main(["eval", "--model", TINY_QWEN2, "--dataset", "squad"]) == 2
     assert "--dataset 'squad' is neither a data set (nq, triviaqa" in capsys.readouterr().err
 
     api.env["FAKE_LEARNER_EXIT"] = "3"
     api.restart()
-    assert main(["eval", "--model", "tiny", "--dataset", "nq", "--limit", "1"]) == 1
+    assert main(["eval", "--model", TINY_QWEN2, "--dataset", "nq", "--limit", "1"]) == 1
     assert "FAILED: learner exited with code 3" in capsys.readouterr().err

@@ -142,9 +142,9 @@ def kube() -> FakeKubeApi:
     server.shutdown()
 
 
-def launcher_for(kube: FakeKubeApi) -> KubeRayLauncher:
+def launcher_for(kube: FakeKubeApi, **settings: Any) -> KubeRayLauncher:
     configuration = k8s.Configuration(host=kube.url)
-    return KubeRayLauncher(KubeRaySettings(namespace="ml"), k8s.ApiClient(configuration))
+    return KubeRayLauncher(KubeRaySettings(namespace="ml", **settings), k8s.ApiClient(configuration))
 
 
 def test_launcher_creates_polls_and_deletes_through_the_kubernetes_client(kube: FakeKubeApi) -> None:
@@ -153,6 +153,7 @@ def test_launcher_creates_polls_and_deletes_through_the_kubernetes_client(kube: 
 
     async def go() -> None:
         handle = await launcher.start(job)
+        assert handle.pop("launched_at") == pytest.approx(time.time(), abs=10)
         assert handle == {"rayjob": "tiny-abc123", "namespace": "ml"}
         job.handle = handle
         kube.status_script = ["initializing", "running", "succeeded"]
@@ -167,6 +168,27 @@ def test_launcher_creates_polls_and_deletes_through_the_kubernetes_client(kube: 
     assert posts[1][0] == "/api/v1/namespaces/ml/configmaps"
     assert posts[1][1]["metadata"]["ownerReferences"][0]["uid"] == "uid-tiny-abc123"
     assert ("DELETE", "/apis/ray.io/v1/namespaces/ml/rayjobs/tiny-abc123") in [r[:2] for r in kube.requests]
+
+
+def test_a_learner_that_does_not_start_in_time_fails_naming_what_it_asked_for(kube: FakeKubeApi) -> None:
+    launcher = launcher_for(kube, start_timeout_s=0.2, worker_cpu="8", worker_memory="64Gi")
+    job = job_record(gpus=8)
+
+    async def go() -> list:
+        job.handle = await launcher.start(job)
+        kube.status_script = ["initializing", "initializing"]
+        waiting = await launcher.poll(job)
+        await asyncio.sleep(0.3)
+        return [waiting, await launcher.poll(job)]
+
+    waiting, failed = asyncio.run(go())
+    assert waiting.state is JobState.RUNNING, "within the start timeout a pending RayJob is left to the cluster"
+    assert failed.state is JobState.FAILED
+    assert "the learner did not start within 0 s: RayJob tiny-abc123 is still Initializing" in failed.message
+    assert "2 worker pod(s) of 8 CPU, 64Gi memory and 8 GPU(s) each" in failed.message
+    assert ("DELETE", "/apis/ray.io/v1/namespaces/ml/rayjobs/tiny-abc123") in [r[:2] for r in kube.requests], (
+        "its pending pods are released"
+    )
 
 
 def test_scheduler_settles_a_job_from_rayjob_status(kube: FakeKubeApi, settings: Settings) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from reward.reference import reference_score
 from services.contracts import FormatScoreConfig
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "format_reward",
     "is_valid_format",
     "normalize_answer",
+    "reference_score",
     "retrieval_hit",
     "score",
     "subem",

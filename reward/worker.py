@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from pydantic import Field
 
+from reward.reference import reference_answer, reference_format_valid, reference_retrieval_hit, reference_score
 from reward.scoring import check_format, extract_answer, retrieval_hit, score
 from services.config import Settings
 from services.contracts import ScoredTrajectory, Trajectory
@@ -50,6 +51,8 @@ def score_trajectory(trajectory: Trajectory) -> ScoredTrajectory:
     if not trajectory.golden_answers:
         raise PermanentError(f"trajectory {trajectory.msg_id} of job {trajectory.job_id} has no golden answers")
     config = trajectory.reward
+    if config.compat == "reference":
+        return score_as_reference(trajectory)
     text = trajectory.response_text
     reward = score(text, trajectory.golden_answers, config.kind, config.format_scores)
     return ScoredTrajectory(
@@ -59,6 +62,25 @@ def score_trajectory(trajectory: Trajectory) -> ScoredTrajectory:
         extracted_answer=extract_answer(text),
         format_valid=check_format(text).valid,
         retrieval_hit=retrieval_hit(text, trajectory.golden_answers),
+    )
+
+
+def score_as_reference(trajectory: Trajectory) -> ScoredTrajectory:
+    """The reference's reward of prompt + response (`reward.reference`), with its view of answer and format."""
+    if not trajectory.prompt_text:
+        raise PermanentError(f"trajectory {trajectory.msg_id}: compat 'reference' needs its prompt_text")
+    config, golds = trajectory.reward, trajectory.golden_answers
+    solution = trajectory.prompt_text + trajectory.response_text
+    scores = config.format_scores
+    kind = "em_format" if config.kind == "em_format" else "em"  # the contract allows no other kind here
+    reward = reference_score(solution, golds, kind, scores.wrong_valid, scores.wrong_invalid, scores.retrieval_bonus)
+    return ScoredTrajectory(
+        trajectory=trajectory,
+        reward=reward,
+        reward_kind=config.kind,
+        extracted_answer=reference_answer(solution),
+        format_valid=reference_format_valid(solution),
+        retrieval_hit=reference_retrieval_hit(solution, golds),
     )
 
 

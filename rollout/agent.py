@@ -379,7 +379,14 @@ class Agent:
         episodes = await asyncio.gather(
             *(self.run(prompt, config=config, turn_prefix_ids=prefix) for _ in range(request.n_samples))
         )
+        # The reference's reward scores prompt + response; only that mode needs the prompt's text.
+        with_prompt = request.reward.compat == "reference"
         return [
-            episode.to_trajectory(request, sample_index=i, response_text=self.codec.decode(episode.response_ids))
+            episode.to_trajectory(
+                request,
+                sample_index=i,
+                response_text=self.codec.decode(episode.response_ids),
+                prompt_text=self.codec.decode(episode.prompt_ids) if with_prompt else "",
+            )
             for i, episode in enumerate(episodes)
         ]

@@ -7,6 +7,7 @@ numpy bytes, never as lists of numbers, so a 4096-token trajectory stays compact
 from __future__ import annotations
 
 import copy
+import math
 import time
 import uuid
 from enum import StrEnum
@@ -171,6 +172,29 @@ class FormatScoreConfig(_Strict):
 class RewardConfig(_Strict):
     kind: Literal["em", "f1", "em_format"] = "em"
     format_scores: FormatScoreConfig = Field(default_factory=FormatScoreConfig)
+    compat: Literal["ours", "reference"] = Field(
+        "ours", description="ours: score the response with our fixes; reference: score prompt + response exactly as "
+        "the reference's qa_em.py / qa_em_format.py do, quirks included (reward.reference)",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _check_reference(self) -> Self:
+        """The reference has no F1 reward, and builds its format reward from three scores: compat reference
+        takes structure = wrong_valid, final = wrong_invalid, retrieval = retrieval_bonus, and refuses other
+        scores that it would silently replace."""
+        if self.compat != "reference":
+            return self
+        if self.kind == "f1":
+            raise ValueError("compat 'reference' scores kind em or em_format; the reference has no f1 reward")
+        if self.kind == "em_format":
+            s = self.format_scores
+            derived = {"correct_valid": 1.0, "correct_invalid": 1.0 - s.wrong_valid, "no_answer_valid": s.wrong_valid,
+                       "no_answer_invalid": 0.0}  # fmt: skip
+            wrong = [f"{name}={getattr(s, name)} (the reference gives {value:g})" for name, value in derived.items()
+                     if not math.isclose(getattr(s, name), value, abs_tol=1e-9)]  # fmt: skip
+            if wrong:
+                raise ValueError(f"compat 'reference' derives these format scores from wrong_valid: {', '.join(wrong)}")
+        return self
 
 
 class SamplingParams(_Strict):
@@ -232,6 +256,8 @@ class Trajectory(Message):
     logprobs: Logprobs = Field(description="behaviour logprobs per response token (0 where loss_mask is 0)")
     version_spans: list[VersionSpan] = Field(default_factory=list)
     response_text: str = ""
+    prompt_text: str = Field("", description="the prompt decoded (filled for reward.compat 'reference', which "
+                             "scores prompt + response)")  # fmt: skip
     golden_answers: list[str] = Field(default_factory=list)
     data_source: str = ""
     turns: int = Field(0, ge=0)

@@ -392,3 +392,15 @@ def test_many_episodes_run_concurrently_and_their_searches_overlap():
     episodes = run(main())
     assert all(e.finished and e.searches == 1 for e in episodes)
     assert peak == 16
+
+
+def test_only_reference_compat_requests_carry_the_prompt_text():
+    """The reference's reward scores prompt + response, so those trajectories carry the (capped) prompt's text."""
+    turns = ["<think> x </think><answer> Paris </answer>"]
+    texts = {}
+    for compat in ("ours", "reference"):
+        request = RolloutRequest(job_id="j", prompt_uid="u", prompt_ids=np.asarray(PROMPT),
+                                 reward=RewardConfig(compat=compat))  # fmt: skip
+        [trajectory] = run(Agent(ScriptedEngine(turns), codec, FakeRetriever()).run_request(request))
+        texts[compat] = trajectory.prompt_text
+    assert texts == {"ours": "", "reference": codec.decode(PROMPT)}

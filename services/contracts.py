@@ -430,6 +430,11 @@ class DataSource(_Strict):
         pattern=r"^[A-Za-z0-9][\w.-]*$",
         description="name of its eval results; default: the data set each row's `source` names",
     )
+    prompt: Literal["verbatim", "render"] = Field(
+        "verbatim", description="a Search-R1 row's prompt: verbatim (its chat messages, rendered with the chat "
+        "template as the reference does) or render (our wording, rollout.prompt_style); rows in our format, which "
+        "carry no prompt, always render",
+    )  # fmt: skip
 
 
 class DataConfig(_Strict):

@@ -14,6 +14,7 @@ The chat template is applied when the tokenizer has one (instruct models); base 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 PromptStyle = Literal["instruct", "few_shot"]
@@ -124,3 +125,19 @@ def build_turn_prefix_ids(tokenizer: Any, style: PromptStyle = "instruct") -> li
     """The token ids of `turn_prefix(style)` (none for a style without one)."""
     prefix = turn_prefix(style)
     return [int(t) for t in tokenizer.encode(prefix, add_special_tokens=False)] if prefix else []
+
+def reference_prompt_text(tokenizer: Any, messages: Sequence[dict[str, str]]) -> str:
+    """A Search-R1 row's own chat prompt as the reference renders it: the chat template with a generation prompt,
+    or without a template the first message's content alone."""
+    if has_chat_template(tokenizer):
+        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    return messages[0]["content"]
+
+
+def build_reference_prompt_ids(
+    tokenizer: Any, messages: Sequence[dict[str, str]], max_prompt_tokens: int | None = None
+) -> list[int]:
+    """The token ids of `reference_prompt_text` (no special tokens added, as the reference tokenizes), capped at
+    the newest `max_prompt_tokens`."""
+    ids = [int(t) for t in tokenizer.encode(reference_prompt_text(tokenizer, messages), add_special_tokens=False)]
+    return ids[-max_prompt_tokens:] if max_prompt_tokens is not None else ids

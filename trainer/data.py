@@ -4,6 +4,7 @@ Three inputs, each named by a `services.contracts.DataSource`:
 - our JSONL (`{"id", "question", "golden_answers", "source"}` per line, as in shared/data);
 - Search-R1's rows (parquet or JSONL): `prompt` (a chat list whose user message ends with `Question: ...`),
   `reward_model.ground_truth.target` (the gold answers), `data_source`, `extra_info.index`, and often `question`;
+  the learner prompts with the row's `prompt` verbatim unless the source asks to re-render it;
 - a Hugging Face dataset: a hub id (`datasets.load_dataset(path, name, split=split)`), a local folder of data
   files, or a folder written by `save_to_disk`. The row schema (ours or Search-R1's) is detected from the columns.
 
@@ -24,7 +25,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from services.contracts import DataConfig, DataSource
+from services.contracts import DataConfig, DataSource, RolloutConfig
+from services.prompts import build_prompt_ids, build_reference_prompt_ids
 
 Schema = Literal["ours", "searchr1"]
 
@@ -49,7 +51,8 @@ class Example:
     question: str
     golden_answers: tuple[str, ...]
     source: str
-    # Search-R1's own chat prompt when the row carried one; kept for reference, our prompt wording is our own.
+    # Search-R1's own chat prompt when the row carried one and its source keeps it (`DataSource.prompt`
+    # "verbatim"): the learner prompts with it as the reference does; empty: our wording (`prompt_ids_for`).
     prompt_messages: tuple[dict[str, str], ...] = field(default=(), compare=False)
     label: str | None = None  # its DataSource's label, when it has one
 
@@ -334,6 +337,8 @@ def load_source(source: DataSource, base_dir: Path | None = None, cache_dir: str
             example = _PARSERS[schema](row)
             if source.label:
                 example = replace(example, label=source.label)
+            if source.prompt == "render":
+                example = replace(example, prompt_messages=())
         except ValueError as exc:
             if isinstance(exc, DataError):
                 raise
@@ -376,6 +381,14 @@ def load_data(config: DataConfig, base_dir: Path | None = None, cache_dir: str |
     train = load_sources(config.train, base_dir, cache_dir)
     evaluation = load_sources(config.eval, base_dir, cache_dir) if config.eval else []
     return Datasets(train=train, eval=evaluation)
+
+
+def prompt_ids_for(example: Example, tokenizer: Any, rollout: RolloutConfig) -> list[int]:
+    """The prompt of `example`: its row's own chat prompt as the reference renders it, else our wording in
+    `rollout.prompt_style`; the newest `rollout.max_prompt_tokens` tokens either way."""
+    if example.prompt_messages:
+        return build_reference_prompt_ids(tokenizer, example.prompt_messages, rollout.max_prompt_tokens)
+    return build_prompt_ids(tokenizer, example.question, rollout.max_prompt_tokens, rollout.prompt_style)
 
 
 def group_by_dataset(examples: Sequence[Example]) -> dict[str, list[Example]]:

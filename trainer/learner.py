@@ -32,13 +32,13 @@ from services.contracts import (
     SamplingParams,
     ScoredTrajectory,
 )
-from services.prompts import build_prompt_ids, build_turn_prefix_ids
+from services.prompts import build_turn_prefix_ids
 from services.streams import Streams
 from services.telemetry import gauge
 from trainer.batch import collate
 from trainer.collective import Collective
 from trainer.collector import Collector, Gathered
-from trainer.data import Datasets, Example, PromptStream
+from trainer.data import Datasets, Example, PromptStream, prompt_ids_for
 from trainer.ranks import SINGLE, Ranks
 from trainer.update import Models
 from trainer.weights import save_version
@@ -143,10 +143,7 @@ class Learner:
             RolloutRequest(
                 job_id=self.ctx.job_id,
                 prompt_uid=example.uid,
-                prompt_ids=np.asarray(
-                    build_prompt_ids(tokenizer, example.question, rollout.max_prompt_tokens, rollout.prompt_style),
-                    dtype=np.int32,
-                ),
+                prompt_ids=np.asarray(prompt_ids_for(example, tokenizer, rollout), dtype=np.int32),
                 turn_prefix_ids=prefix,
                 n_samples=n,
                 policy_version=self.version,

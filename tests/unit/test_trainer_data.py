@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -318,3 +319,80 @@ def test_prompt_stream_resumes_and_checks_the_data() -> None:
     assert resumed.epoch == 1
     with pytest.raises(ValueError, match="different training data"):
         PromptStream(examples[::-1], seed=5).load_state_dict(state)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The prompt a Search-R1 row trains on
+
+REFERENCE_INSTRUCTION = (  # scripts/data_process/nq_search.py, template "base" (its wording, not ours)
+    "Answer the given question. You must conduct reasoning inside <think> and </think> first every time you get "
+    "new information. After reasoning, if you find you lack some knowledge, you can call a search engine by "
+    "<search> query </search> and it will return the top searched results between <information> and "
+    "</information>. You can search as many times as your want. If you find no further external knowledge "
+    "needed, you can directly provide the answer inside <answer> and </answer>, without detailed illustrations. "
+    "For example, <answer> Beijing </answer>. Question: "
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    from transformers import AutoTokenizer
+
+    from services.models import resolve_model
+
+    return AutoTokenizer.from_pretrained(resolve_model("tiny-random-qwen2"))
+
+
+def reference_parquet(path: Path) -> Path:
+    """Two rows in the reference's column layout (data_source, prompt, ability, reward_model, extra_info)."""
+    rows = [searchr1_row(i, "nq", question, answers) for i, (question, answers) in
+            enumerate([("who wrote hamlet?", ["Shakespeare"]), ("capital of france?", ["Paris"])])]  # fmt: skip
+    for row, question in zip(rows, ("who wrote hamlet?", "capital of france?"), strict=True):
+        row["prompt"] = [{"role": "user", "content": f"{REFERENCE_INSTRUCTION}{question}\n"}]
+    return write_parquet(path, rows)
+
+
+def test_a_searchr1_row_trains_on_its_own_prompt_by_default(tmp_path: Path, tokenizer: Any) -> None:
+    from services.contracts import RolloutConfig
+    from trainer.data import prompt_ids_for
+
+    path = reference_parquet(tmp_path / "train.parquet")
+    [example, _] = load_source(DataSource(path=str(path)))
+    assert example.prompt_messages == ({"role": "user", "content": f"{REFERENCE_INSTRUCTION}who wrote hamlet?\n"},)
+    rollout = RolloutConfig()
+    ids = prompt_ids_for(example, tokenizer, rollout)
+    # As the reference's RLHFDataset: the chat template with a generation prompt, tokenised without special
+    # tokens added.
+    rendered = tokenizer.apply_chat_template(list(example.prompt_messages), add_generation_prompt=True, tokenize=False)
+    assert ids == tokenizer.encode(rendered, add_special_tokens=False)
+    text = tokenizer.decode(ids)
+    assert f"<|im_start|>user\n{REFERENCE_INSTRUCTION}who wrote hamlet?\n<|im_end|>" in text
+    assert text.endswith("<|im_start|>assistant\n")
+    # The newest max_prompt_tokens tokens (the question sits at the end).
+    assert prompt_ids_for(example, tokenizer, RolloutConfig(max_prompt_tokens=8)) == ids[-8:]
+
+
+def test_render_re_renders_in_our_wording_and_our_rows_always_render(tmp_path: Path, tokenizer: Any) -> None:
+    from services.contracts import RolloutConfig
+    from services.prompts import build_prompt_ids
+    from trainer.data import prompt_ids_for
+
+    rollout = RolloutConfig(prompt_style="few_shot")
+    path = reference_parquet(tmp_path / "train.parquet")
+    [example, _] = load_source(DataSource(path=str(path), prompt="render"))
+    assert example.prompt_messages == ()
+    assert prompt_ids_for(example, tokenizer, rollout) == build_prompt_ids(
+        tokenizer, "who wrote hamlet?", rollout.max_prompt_tokens, "few_shot"
+    )
+    ours = load_source(DataSource(path=str(write_jsonl(tmp_path / "ours.jsonl", [our_row(1)]))))[0]
+    assert ours.prompt_messages == ()
+    assert REFERENCE_INSTRUCTION not in tokenizer.decode(prompt_ids_for(ours, tokenizer, rollout))
+
+
+def test_without_a_chat_template_the_first_message_is_the_prompt(tmp_path: Path, tokenizer: Any) -> None:
+    from services.prompts import build_reference_prompt_ids
+
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = None
+    messages = [{"role": "user", "content": f"{REFERENCE_INSTRUCTION}who wrote hamlet?\n"}]
+    assert plain.decode(build_reference_prompt_ids(plain, messages)) == messages[0]["content"]

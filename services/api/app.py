@@ -56,6 +56,7 @@ class ApiSettings(Settings):
     )  # fmt: skip
     scheduler_interval_s: float = Field(1.0, gt=0)
     max_body_bytes: int = Field(1_048_576, ge=1024, description="larger request bodies are answered 413")
+    max_event_followers: int = Field(64, ge=1, description="event streams followed at once (each holds a Redis call)")
     shared_data_dir: Path = Field(
         SHARED_DATA_DIR, description="the data kit whose eval/ sets evaluations name, as the learners see it"
     )
@@ -286,26 +287,38 @@ def create_app(settings: ApiSettings) -> FastAPI:
     async def job_checkpoints(request: Request, job_id: str) -> dict[str, Any]:
         return {"job_id": job_id, "checkpoints": await steps_of(request, job_id, "checkpoint")}
 
-    event_stream = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}, **NOT_FOUND}
+    event_stream = {
+        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}, **NOT_FOUND,
+        429: _error("too many event streams are followed at once; retry later"),
+    }  # fmt: skip
+    followers = 0  # streams being followed now: each holds a blocking Redis read
 
     @v1.get("/jobs/{job_id}/events", response_class=StreamingResponse, responses=event_stream)
     async def job_events(request: Request, job_id: str, follow: bool = True) -> StreamingResponse:
         """Server-sent events: every event of the job; with `follow`, until the job has ended."""
+        nonlocal followers
         job_store = store(request)
         await job_store.get(job_id)
+        if follow and followers >= settings.max_event_followers:
+            raise HTTPException(429, f"{followers} event streams are followed already; retry later or follow=false")
+        followers += follow
 
         async def stream() -> AsyncIterator[str]:
+            nonlocal followers
             cursor = "0-0"
-            while True:
-                batch = await job_store.events(job_id, after=cursor, block_ms=1000 if follow else None)
-                for entry_id, event in batch:
-                    cursor = entry_id
-                    yield f"id: {entry_id}\nevent: {event.event}\ndata: {event.model_dump_json()}\n\n"
-                if not follow or (not batch and (await job_store.get(job_id)).state.terminal):
-                    return
-                if await request.is_disconnected():
-                    return
-                await asyncio.sleep(0)
+            try:
+                while True:
+                    batch = await job_store.events(job_id, after=cursor, block_ms=1000 if follow else None)
+                    for entry_id, event in batch:
+                        cursor = entry_id
+                        yield f"id: {entry_id}\nevent: {event.event}\ndata: {event.model_dump_json()}\n\n"
+                    if not follow or (not batch and (await job_store.get(job_id)).state.terminal):
+                        return
+                    if await request.is_disconnected():
+                        return
+                    await asyncio.sleep(0)
+            finally:
+                followers -= follow
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 

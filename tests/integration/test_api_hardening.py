@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 import redis
-from support import ApiServer
+from support import ApiServer, wait_until
 
 from services.api.app import ApiSettings
 from services.api.client import JobsClient
@@ -145,3 +145,21 @@ def test_without_a_token_posts_must_be_json_so_no_web_page_can_send_them(api: Ap
     assert httpx.post(f"{api.url}/v1/jobs/{job['id']}/cancel").status_code == 415, "a bodiless cancel is refused"
     assert api.client.get(f"/v1/jobs/{job['id']}").json()["state"] in ("QUEUED", "STARTING", "RUNNING")
     assert JobsClient(api.url, token="").cancel(job["id"])["state"] == "CANCELLED", "the CLI's cancel sends JSON"
+
+
+def test_event_followers_are_bounded_and_a_closed_one_frees_its_place(api: ApiServer) -> None:
+    api.env.update(SEARCHR1_MAX_EVENT_FOLLOWERS="2", FAKE_LEARNER_STEP_S="5")
+    api.restart()
+    job = api.client.post("/v1/jobs", json=tiny_job(total_steps=50)).json()
+    url = f"/v1/jobs/{job['id']}/events"
+    with api.client.stream("GET", url) as first, api.client.stream("GET", url) as second:
+        assert first.status_code == second.status_code == 200
+        lines = first.iter_lines()  # kept: a dropped iterator closes its stream
+        assert next(lines).startswith("id: ")
+        refused = api.client.get(url)
+        assert refused.status_code == 429 and "2 event streams are followed already" in refused.json()["detail"]
+        assert "QUEUED" in api.client.get(url, params={"follow": False}).text, "a one-off read is still served"
+    wait_until(lambda: api.client.get(url, params={"follow": False}).status_code == 200, 5, "the API to answer")
+    with api.client.stream("GET", url) as again:
+        assert again.status_code == 200, "closing the followers freed their places"
+    api.client.post(f"/v1/jobs/{job['id']}/cancel")

@@ -557,32 +557,54 @@ def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any
     return merged
 
 
-_PAPER_DATA = {
-    "train": [
-        {"path": "PeterJinGo/nq_hotpotqa_train", "format": "hf", "split": "train"},
-    ],
-    "eval": [
-        {"path": "PeterJinGo/nq_hotpotqa_train", "format": "hf", "split": "test"},
-    ],
+# The reference's training scripts (PeterGriffinJin/Search-R1), each reproduced by a preset of its name:
+# scripts/nq_hotpotqa/v0.2/train_{ppo,grpo}.sh (NQ + HotpotQA, 4 turns, eval every 100 steps, PPO top_p 1.0) and
+# the repository root's train_{ppo,grpo}.sh (NQ alone, 2 turns, eval every 50 steps, top_p 0.95). Everything a
+# script does not set is verl's ppo_trainer.yaml default, which our contract's defaults are; `model` is each
+# script's uncommented BASE_MODEL. tests/unit/test_presets.py holds the reference's values.
+_NQ_HOTPOTQA = {
+    "train": [{"path": "PeterJinGo/nq_hotpotqa_train", "format": "hf", "split": "train"}],
+    "eval": [{"path": "PeterJinGo/nq_hotpotqa_train", "format": "hf", "split": "test"}],
 }
+_NQ_SEARCH = {  # what scripts/data_process/nq_search.py writes, relative to the data directory
+    "train": [{"path": "nq_search/train.parquet", "format": "searchr1"}],
+    "eval": [{"path": "nq_search/test.parquet", "format": "searchr1"}],
+}
+_REFERENCE_ROLLOUT = {  # max_response_length, max_obs_length, max_start_length, max_prompt_length, retriever.topk
+    "max_tokens_per_turn": 500, "max_obs_tokens": 500, "max_prompt_tokens": 2048, "max_context_tokens": 4096,
+    "topk": 3, "temperature": 1.0,
+}  # fmt: skip
+_REFERENCE_RESOURCES = {"learner_gpus_per_node": 8, "learner_workers": 8, "rollout_gpus_per_replica": 1}
+
+
+def _reference_preset(
+    name: str, model: str, algorithm: str, data: dict[str, Any], max_turns: int, top_p: float, eval_interval: int
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "model": model,
+        "algorithm": {"name": algorithm, "gradient_checkpointing": True},
+        "data": data,
+        "rollout": {**_REFERENCE_ROLLOUT, "max_turns": max_turns, "top_p": top_p},
+        "resources": _REFERENCE_RESOURCES,
+        "schedule": {
+            "total_steps": 1005,
+            "save_interval": 100,
+            "eval_interval": eval_interval,
+            "eval_before_train": True,
+        },
+    }
+
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "paper-ppo": {
-        "name": "paper-ppo",
-        "model": "Qwen/Qwen2.5-3B",
-        "algorithm": {"name": "ppo", "gradient_checkpointing": True},
-        "data": _PAPER_DATA,
-        "rollout": {"temperature": 1.0, "top_p": 1.0},
-        "resources": {"learner_gpus_per_node": 8, "learner_workers": 8, "rollout_gpus_per_replica": 1},
-    },
-    "paper-grpo": {
-        "name": "paper-grpo",
-        "model": "Qwen/Qwen2.5-3B",
-        "algorithm": {"name": "grpo", "gradient_checkpointing": True},
-        "data": _PAPER_DATA,
-        "rollout": {"temperature": 1.0, "top_p": 0.95},
-        "resources": {"learner_gpus_per_node": 8, "learner_workers": 8, "rollout_gpus_per_replica": 1},
-    },
+    "reference-v02-ppo": _reference_preset("reference-v02-ppo", "Qwen/Qwen2.5-7B", "ppo", _NQ_HOTPOTQA, 4, 1.0, 100),
+    "reference-v02-grpo": _reference_preset(
+        "reference-v02-grpo", "Qwen/Qwen2.5-7B", "grpo", _NQ_HOTPOTQA, 4, 0.95, 100
+    ),
+    "reference-root-ppo": _reference_preset(
+        "reference-root-ppo", "meta-llama/Llama-3.2-3B", "ppo", _NQ_SEARCH, 2, 0.95, 50
+    ),
+    "reference-root-grpo": _reference_preset("reference-root-grpo", "Qwen/Qwen2.5-3B", "grpo", _NQ_SEARCH, 2, 0.95, 50),
     # A job two CPU cores finish in minutes (~2 min a step) on the embedded platform that `make demo` leaves
     # behind: `searchr1 up` serves the index of the demo's passages, which hold the answers of the demo's train
     # questions (relative paths are read from where `searchr1 up` runs). GRPO with the demo's sizes and prompt.
@@ -613,3 +635,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "schedule": {"total_steps": 3, "save_interval": 3, "eval_interval": 3},
     },
 }
+# The names of earlier releases: the paper's configuration is the v0.2 scripts'.
+PRESETS["paper-ppo"] = PRESETS["reference-v02-ppo"]
+PRESETS["paper-grpo"] = PRESETS["reference-v02-grpo"]

@@ -9,11 +9,9 @@ import pytest
 from services.contracts import (
     PRESETS,
     ContractError,
-    GRPOConfig,
     JobEvent,
     JobSpec,
     JobState,
-    PPOConfig,
     RolloutRequest,
     ScoredTrajectory,
     Trajectory,
@@ -119,26 +117,6 @@ def test_job_event_states() -> None:
 
 
 # --- JobSpec ------------------------------------------------------------------------------------------------
-
-
-def test_paper_presets_carry_the_reference_defaults() -> None:
-    ppo = JobSpec.from_preset("paper-ppo")
-    grpo = JobSpec.from_preset("paper-grpo")
-    assert isinstance(ppo.algorithm, PPOConfig) and isinstance(grpo.algorithm, GRPOConfig)
-    assert (ppo.algorithm.actor_lr, ppo.algorithm.critic_lr, ppo.algorithm.kl_coef) == (1e-6, 1e-5, 0.001)
-    assert ppo.algorithm.kl_estimator == "k1" and ppo.algorithm.kl_in_reward
-    assert (ppo.algorithm.gamma, ppo.algorithm.lam, ppo.algorithm.value_clip) == (1.0, 1.0, 0.5)
-    assert grpo.algorithm.kl_estimator == "k3" and not grpo.algorithm.kl_in_reward
-    assert grpo.algorithm.group_size == 5 and grpo.rollout.top_p == 0.95 and ppo.rollout.top_p == 1.0
-    for spec in (ppo, grpo):
-        algo = spec.algorithm
-        assert (algo.prompts_per_step, algo.mini_batch_size, algo.micro_batch_size) == (512, 256, 64)
-        assert (algo.clip_eps, algo.entropy_coef, algo.grad_clip, algo.actor_warmup_ratio) == (0.2, 0.001, 1.0, 0.285)
-        assert (spec.rollout.max_turns, spec.rollout.max_tokens_per_turn, spec.rollout.topk) == (4, 500, 3)
-        assert (spec.rollout.max_context_tokens, spec.rollout.max_prompt_tokens) == (4096, 2048)
-        assert spec.algorithm.max_staleness == 0
-        assert spec.schedule.time_limit_s is None, "no time budget unless asked for"
-        assert spec.rollout.prompt_style == "instruct", "the reference's kind of prompt"
 
 
 def test_preset_overrides_merge_deeply() -> None:

@@ -21,6 +21,7 @@ import httpx
 from services.processes import group_alive, pid_alive, reap
 
 STATE_FILE = "platform.json"
+RAY_MULTI_NODE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": one machine, Ray's node IP stays 127.0.0.1
 
 
 @dataclass
@@ -214,7 +215,11 @@ def platform_specs(config: PlatformConfig, redis_url: str) -> list[ServiceSpec]:
     ray_address = f"127.0.0.1:{config.ray_port}"
     # One Ray cluster for the rollout replicas and every learner, as KubeRay gives them on Kubernetes.
     common = {"SEARCHR1_REDIS_URL": redis_url, "RAY_ADDRESS": ray_address, "RAY_AUTH_MODE": "disabled",
-              **config.extra_env}  # fmt: skip
+              # Loopback only (extra_env may say otherwise): on Linux Ray turns 127.0.0.1, as the head's node IP and
+              # as a client's address, into the machine's other address and binds its GCS, raylet and agents to
+              # all interfaces; with this switch (the one it has for single-machine Windows and macOS) every Ray
+              # process keeps to 127.0.0.1.
+              RAY_MULTI_NODE: "0", **config.extra_env}  # fmt: skip
     retriever_url = f"http://127.0.0.1:{config.retriever_port}"
     api_env = {"SEARCHR1_PORT": str(config.api_port), "SEARCHR1_WORK_DIR": str(config.run_dir),
                # not read by the API (it serves /metrics on its own port): inherited by the learners it launches

@@ -24,6 +24,14 @@ from .store import JobRecord
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayjobs"
 SPEC_MOUNT = "/etc/searchr1"
 PART_OF = "searchr1"
+# The RayJob's submitter pod: the one pod the learners' NetworkPolicy lets reach the head's job API (8265).
+SUBMITTER_ROLE = {"searchr1.io/role": "rayjob-submitter"}
+# Ray writes its session files under /tmp and caches under $HOME; with those on emptyDirs the root stays read-only.
+_SCRATCH = {"tmp": "/tmp", "home": "/home/searchr1"}
+_POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+                 "seccompProfile": {"type": "RuntimeDefault"}}  # fmt: skip
+_CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                       "capabilities": {"drop": ["ALL"]}}  # fmt: skip
 
 
 class KubeRaySettings(BaseModel):
@@ -61,7 +69,11 @@ def build_rayjob(job: JobRecord, settings: KubeRaySettings) -> dict[str, Any]:
     env = [{"name": k, "value": v} for k, v in sorted(settings.env.items())]
     env_from = [{"secretRef": {"name": settings.env_from_secret}}] if settings.env_from_secret else []
     mounts = [{"name": "job-spec", "mountPath": SPEC_MOUNT, "readOnly": True}]
+    mounts += [{"name": volume, "mountPath": path} for volume, path in _SCRATCH.items()]
+    mounts.append({"name": "dshm", "mountPath": "/dev/shm"})  # Ray's object store
     volumes: list[dict[str, Any]] = [{"name": "job-spec", "configMap": {"name": f"{name}-spec"}}]
+    volumes += [{"name": volume, "emptyDir": {}} for volume in _SCRATCH]
+    volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
     if settings.data_pvc:
         mounts.append({"name": "data", "mountPath": "/data"})
         volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": settings.data_pvc}})
@@ -79,15 +91,39 @@ def build_rayjob(job: JobRecord, settings: KubeRaySettings) -> dict[str, Any]:
                     "envFrom": env_from,
                     "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": limits},
                     "volumeMounts": mounts,
-                    "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+                    "securityContext": _CONTAINER_SECURITY,
                 }
             ],
             "volumes": volumes,
-            "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000},
+            "securityContext": _POD_SECURITY,
+            "automountServiceAccountToken": False,  # learners never call the Kubernetes API
         }
         if settings.service_account:
             spec["serviceAccountName"] = settings.service_account
         return {"metadata": {"labels": {"app.kubernetes.io/part-of": PART_OF}}, "spec": spec}
+
+    # KubeRay fills in the `ray job submit` command; it needs no token, volume or write access but /tmp.
+    submitter = {
+        "metadata": {"labels": {"app.kubernetes.io/part-of": PART_OF, **SUBMITTER_ROLE}},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "securityContext": _POD_SECURITY,
+            "containers": [
+                {
+                    "name": "ray-job-submitter",
+                    "image": settings.image,
+                    "resources": {
+                        "requests": {"cpu": "200m", "memory": "256Mi"},
+                        "limits": {"cpu": "1", "memory": "1Gi"},
+                    },
+                    "securityContext": _CONTAINER_SECURITY,
+                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                }
+            ],
+            "volumes": [{"name": "tmp", "emptyDir": {}}],
+        },
+    }
 
     workers = resources.learner_nodes
     return {
@@ -115,6 +151,7 @@ def build_rayjob(job: JobRecord, settings: KubeRaySettings) -> dict[str, Any]:
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": settings.ttl_seconds_after_finished,
             "submissionMode": "K8sJobMode",
+            "submitterPodTemplate": submitter,
             "backoffLimit": 0,
             "rayClusterSpec": {
                 "rayVersion": settings.ray_version,

@@ -149,19 +149,38 @@ def one(docs: tuple[dict[str, Any], ...] | list[dict[str, Any]], kind: str, name
     return found[0]
 
 
-def pod_specs(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], bool]]:
-    """(where, pod spec, is_ray) of every pod a manifest creates."""
+def pod_specs(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, pod spec) of every pod a manifest creates (RayJobs: the ones the API's launcher builds)."""
     kind, name = doc["kind"], doc["metadata"]["name"]
     spec = doc.get("spec", {})
     if kind == "Pod":
-        yield f"Pod {name}", spec, False
+        yield f"Pod {name}", spec
     elif kind in ("Deployment", "StatefulSet", "Job"):
-        yield f"{kind} {name}", spec["template"]["spec"], False
-    elif kind == "RayService":
-        cluster = spec["rayClusterConfig"]
-        yield f"RayService {name} head", cluster["headGroupSpec"]["template"]["spec"], True
+        yield f"{kind} {name}", spec["template"]["spec"]
+    elif kind in ("RayService", "RayJob"):
+        cluster = spec["rayClusterConfig" if kind == "RayService" else "rayClusterSpec"]
+        yield f"{kind} {name} head", cluster["headGroupSpec"]["template"]["spec"]
         for group in cluster.get("workerGroupSpecs", []):
-            yield f"RayService {name} {group['groupName']}", group["template"]["spec"], True
+            yield f"{kind} {name} {group['groupName']}", group["template"]["spec"]
+        if "submitterPodTemplate" in spec:
+            yield f"{kind} {name} submitter", spec["submitterPodTemplate"]["spec"]
+
+
+def launched_rayjob(docs: tuple[dict[str, Any], ...]) -> dict[str, Any]:
+    """The RayJob the API's KubeRay launcher builds from the chart's settings for a one-GPU job."""
+    from services.api.kuberay import KubeRaySettings, build_rayjob
+    from services.api.store import JobRecord
+    from services.contracts import JobSpec, JobState
+
+    config = yaml.safe_load(one(docs, "ConfigMap", f"{FULLNAME}-api")["data"]["api.yaml"])
+    job = JobRecord(
+        id="tiny-abc123",
+        spec=JobSpec.from_preset("paper-grpo", {"name": "tiny", "resources": {"learner_gpus_per_node": 1}}),
+        state=JobState.STARTING,
+        created_at=time.time(),
+        updated_at=time.time(),
+    )
+    return build_rayjob(job, KubeRaySettings(**config["kuberay"]))
 
 
 def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -281,20 +300,7 @@ def test_custom_resources_match_their_crd_schemas(scenario: str) -> None:
 @pytest.mark.parametrize("scenario", ["defaults", *OVERLAYS])
 def test_rayjob_the_api_builds_from_the_chart_settings_is_valid(scenario: str, tmp_path: Path) -> None:
     """The API's launcher fills the RayJob template from the chart's ConfigMap: that RayJob must be valid too."""
-    from services.api.kuberay import KubeRaySettings, build_rayjob
-    from services.api.store import JobRecord
-    from services.contracts import JobSpec, JobState
-
-    config = yaml.safe_load(one(scenario_docs(scenario), "ConfigMap", f"{FULLNAME}-api")["data"]["api.yaml"])
-    settings = KubeRaySettings(**config["kuberay"])
-    job = JobRecord(
-        id="tiny-abc123",
-        spec=JobSpec.from_preset("paper-grpo", {"name": "tiny", "resources": {"learner_gpus_per_node": 1}}),
-        state=JobState.STARTING,
-        created_at=time.time(),
-        updated_at=time.time(),
-    )
-    manifest = build_rayjob(job, settings)
+    manifest = launched_rayjob(scenario_docs(scenario))
     assert not errors_of(crd_validator("ray.io/v1", "RayJob"), manifest)
     pod = manifest["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]
     assert pod["serviceAccountName"] == f"{FULLNAME}-learner"
@@ -466,7 +472,7 @@ SECRET_NAME = re.compile(r"PASSWORD|TOKEN|API_KEY|SECRET", re.IGNORECASE)
 def test_no_secret_in_the_clear(scenario: str) -> None:
     docs = scenario_docs(scenario)
     for doc in docs:
-        for where, spec, _ in pod_specs(doc):
+        for where, spec in pod_specs(doc):
             for container in spec["containers"]:
                 for name, entry in env_of(container).items():
                     if SECRET_NAME.search(name):
@@ -483,8 +489,11 @@ def test_no_secret_in_the_clear(scenario: str) -> None:
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_every_pod_is_locked_down(scenario: str) -> None:
     problems = []
-    for doc in scenario_docs(scenario):
-        for where, spec, is_ray in pod_specs(doc):
+    docs = scenario_docs(scenario)
+    api_config = find(docs, "ConfigMap", f"{FULLNAME}-api")
+    learners = [launched_rayjob(docs)] if api_config and "kuberay:" in api_config[0]["data"]["api.yaml"] else []
+    for doc in [*docs, *learners]:
+        for where, spec in pod_specs(doc):
             pod_security = spec.get("securityContext", {})
             if pod_security.get("runAsNonRoot") is not True:
                 problems.append(f"{where}: runAsNonRoot is not true")
@@ -501,8 +510,8 @@ def test_every_pod_is_locked_down(scenario: str) -> None:
                     problems.append(f"{label}: capabilities are not all dropped")
                 if security.get("privileged"):
                     problems.append(f"{label}: privileged")
-                # Ray writes all over its session dirs; every other container has a read-only root.
-                if not is_ray and security.get("readOnlyRootFilesystem") is not True:
+                # Ray included: its session dirs and caches are emptyDirs.
+                if security.get("readOnlyRootFilesystem") is not True:
                     problems.append(f"{label}: root filesystem is writable")
                 resources = container.get("resources", {})
                 if not resources.get("requests") or not resources.get("limits"):
@@ -583,6 +592,7 @@ def test_network_policies_cover_every_tier() -> None:
     docs = scenario_docs("everything-on")
     policies = {p["metadata"]["name"]: p for p in find(docs, "NetworkPolicy")}
     components = {"api", "reward", "redis", "retriever", "qdrant", "rollout", "learners"}
+    components |= {"default-deny", "egress", "kube-api"}
     assert set(policies) == {f"{FULLNAME}-{c}" for c in components}
     redis_from = policies[f"{FULLNAME}-redis"]["spec"]["ingress"][0]["from"]
     allowed = next(p["podSelector"]["matchExpressions"][0]["values"] for p in redis_from if "podSelector" in p)
@@ -850,3 +860,31 @@ def test_dockerfiles_are_pinned_and_non_root(dockerfile: str) -> None:
     for line in re.findall(r"pip install[^\n]*(?:\\\n[^\n]*)*", text):
         assert "-c " in line or "--constraint" in line or "==" in line, f"unpinned pip install: {line}"
     assert (DOCKER_DIR / f"{dockerfile}.dockerignore").exists()
+
+
+def test_network_policies_deny_by_default_and_open_no_door_to_every_pod() -> None:
+    docs = scenario_docs("everything-on")
+    policies = {p["metadata"]["name"]: p["spec"] for p in find(docs, "NetworkPolicy")}
+    deny = policies[f"{FULLNAME}-default-deny"]
+    everything = {"matchLabels": {"app.kubernetes.io/part-of": "searchr1"}}
+    assert deny == {"podSelector": everything, "policyTypes": ["Ingress", "Egress"]}, "no rules: nothing allowed"
+    rayjob = launched_rayjob(docs)
+    for name, spec in policies.items():
+        for rule in spec.get("ingress", []) + spec.get("egress", []):
+            for peer in rule.get("from", []) + rule.get("to", []):
+                assert peer.get("podSelector") != {} or "namespaceSelector" in peer, f"{name}: a peer of every pod"
+    # Ray's Jobs API (8265) on learner clusters has no authentication: only the RayJob's submitter reaches it.
+    [jobs_api] = [rule for rule in policies[f"{FULLNAME}-learners"]["ingress"]
+                  if {"port": 8265} in rule.get("ports", [])]  # fmt: skip
+    submitter = rayjob["spec"]["submitterPodTemplate"]["metadata"]["labels"]
+    assert jobs_api["from"] == [{"podSelector": {"matchLabels": submitter}}]
+    assert submitter["searchr1.io/role"] == "rayjob-submitter"
+    egress = policies[f"{FULLNAME}-egress"]["egress"]
+    assert egress[0]["ports"] == [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]
+    assert egress[1]["to"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "searchr1"}}}]
+    [outside] = egress[2]["to"]
+    assert "169.254.0.0/16" in outside["ipBlock"]["except"], "no pod reaches the cloud metadata endpoint"
+    kube_api = policies[f"{FULLNAME}-kube-api"]
+    assert kube_api["podSelector"]["matchExpressions"][0]["values"] == ["api", "rollout"]
+    offline = find(documents(render({"networkPolicy": {"egressTo": []}})), "NetworkPolicy", f"{FULLNAME}-egress")
+    assert len(offline[0]["spec"]["egress"]) == 2, "egressTo: [] leaves DNS and the release's own pods"

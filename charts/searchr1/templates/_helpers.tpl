@@ -95,13 +95,6 @@ imagePullSecrets:
 {{- toYaml .Values.containerSecurityContext -}}
 {{- end -}}
 
-{{/* Ray writes session files, logs and spill files all over its temp dir and the working directory, so
-     Ray containers keep a writable root filesystem; everything else about them is locked down. */}}
-{{- define "searchr1.rayContainerSecurityContext" -}}
-{{- $context := deepCopy .Values.containerSecurityContext -}}
-{{- $_ := set $context "readOnlyRootFilesystem" false -}}
-{{- toYaml $context -}}
-{{- end -}}
 
 {{/* ---------------------------------------------------------------- secrets and connection settings */}}
 

@@ -51,9 +51,13 @@
 {{- end }}
 {{- end }}
 
+{{/* Ray writes session files, logs and spill files under /tmp and caches under $HOME (the working directory):
+     both are emptyDirs, so the root filesystem stays read-only. */}}
 {{- define "searchr1.rayVolumeMounts" -}}
 - name: tmp
   mountPath: /tmp
+- name: home
+  mountPath: /home/searchr1
 - name: dshm
   mountPath: /dev/shm
 {{- if include "searchr1.usesData" . }}
@@ -64,6 +68,8 @@
 
 {{- define "searchr1.rayVolumes" -}}
 - name: tmp
+  emptyDir: {}
+- name: home
   emptyDir: {}
 {{- if include "searchr1.usesData" .ctx }}
 - name: data

@@ -6,8 +6,9 @@ An episode alternates model turns and environment insertions (shared/notes/SEARC
 
 - The request's turn prefix (optional, e.g. `<think>` for the few-shot prompt style) is inserted (mask 0) before
   every generation: the model continues from it, the reward sees it, the loss ignores it.
-- Each turn the engine generates until `</search>` or `</answer>` (the stop string is kept) or the per-turn
-  token limit. The trajectory keeps the exact sampled ids: nothing the model produced is decoded and re-encoded.
+- Each turn the engine generates until `</search>` or `</answer>` (the stop string is kept), an end-of-sequence
+  token (dropped: the episode goes on past it) or the per-turn token limit. The trajectory keeps the exact
+  sampled ids: nothing the model produced is decoded and re-encoded.
 - The first `<search>...</search>` or `<answer>...</answer>` of the turn is its action. `answer` ends the
   episode; `search` calls the injected retriever and appends the information block, truncated to the
   observation cap with the closing tag kept; anything else appends a short corrective message.
@@ -28,7 +29,7 @@ import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -107,6 +108,15 @@ def format_documents(documents: Sequence[Document]) -> str:
     return "\n".join(f"Doc {i}(Title: {doc.title}) {doc.text}" for i, doc in enumerate(documents, start=1))
 
 
+def without_end_token(result: GenerationResult) -> GenerationResult:
+    """`result` less the end-of-sequence (or stop) token it ended on, as in the reference (which decodes turns
+    without special tokens): a turn that ends so holds no action and the episode goes on, and the token would
+    be trained on, read by the format check and seen in the next turn's input. A stop string is kept."""
+    if result.finish_reason != "stop" or isinstance(result.stop_reason, str) or not result.token_ids:
+        return result
+    return replace(result, token_ids=result.token_ids[:-1], logprobs=result.logprobs[:-1])
+
+
 def parse_action(text: str) -> tuple[Action | None, str]:
     """The first `<search>` or `<answer>` block of `text`: (kind, stripped content), or (None, "")."""
     match = ACTION_RE.search(text)
@@ -131,6 +141,7 @@ class AgentConfig:
     top_p: float = 1.0
     retrieval_timeout_s: float = 60.0
     corrective_message: str = CORRECTIVE_MESSAGE
+    search_enabled: bool = True  # False: every search finds nothing (the no-search control of an eval)
 
     def __post_init__(self) -> None:
         if self.max_turns < 0:
@@ -181,6 +192,7 @@ class AgentConfig:
             "topk": request.topk,
             "temperature": 0.0 if request.is_eval else request.sampling.temperature,
             "top_p": 1.0 if request.is_eval else request.sampling.top_p,
+            "search_enabled": request.search_enabled,
         }
         fields_["max_prompt_tokens"] = min(2048, fields_["max_context_tokens"] - fields_["max_tokens_per_turn"])
         fields_.update(overrides)
@@ -324,6 +336,7 @@ class Agent:
             )
             t0 = time.perf_counter()
             result = await self.engine.generate(context, sampling, (SEARCH_STOP, ANSWER_STOP), cfg.max_tokens_per_turn)
+            result = without_end_token(result)
             generate_s += time.perf_counter() - t0
             episode._append_generation(result)
             episode.turns += 1
@@ -343,7 +356,11 @@ class Agent:
                 episode.actions.append("search")
                 episode.queries.append(content)
                 t0 = time.perf_counter()
-                results = await asyncio.wait_for(self.retriever([content], cfg.topk), cfg.retrieval_timeout_s)
+                results = (
+                    await asyncio.wait_for(self.retriever([content], cfg.topk), cfg.retrieval_timeout_s)
+                    if cfg.search_enabled
+                    else [[]]
+                )
                 retrieve_s += time.perf_counter() - t0
                 if len(results) != 1:
                     raise RuntimeError(f"retriever returned {len(results)} result lists for 1 query")

@@ -264,21 +264,34 @@ def _down(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_TRAIN_MINUTES = 7.0
+
+
 def _demo(args: argparse.Namespace) -> int:
-    """Prepare data, start the platform, train with GRPO, report EM before/after and a reward curve."""
+    """Prepare data, start the platform, train with GRPO, report EM before/after (with and without search), a
+    reward curve and demo_report.json."""
+    import dataclasses
+    import time
+
     from reward.scoring import normalize_answer
+    from services import demo_report
     from services.api.client import JobsClient
-    from services.demo import demo_job, follow, from_shared_data, generated, plot_rewards, print_results
+    from services.demo import demo_job, fictional, follow, from_shared_data
     from services.embedded import EmbeddedPlatform
 
+    started = time.monotonic()
     config = _platform_config(args)
-    data_dir = config.run_dir / "demo-data"
     shared = Path(args.shared_data)
-    if (shared / "corpus" / "corpus.jsonl").exists():
+    data_dir = config.run_dir / "demo-data" / (args.data if args.data == "shared" else f"generated-{args.seed}")
+    if args.data == "shared":
+        if not (shared / "corpus" / "corpus.jsonl").exists():
+            raise ContractError(f"--data shared: no data kit at {shared} (its corpus/corpus.jsonl is missing)")
         data = from_shared_data(shared, data_dir, args.train_questions, args.eval_questions, args.distractors,
-                                normalize_answer)  # fmt: skip
+                                normalize_answer, seed=args.seed)  # fmt: skip
     else:
-        data = generated(data_dir)
+        data = fictional(data_dir, seed=args.seed)
+    if args.index is None:  # one index per data set: a demo on other data must not search the last one's passages
+        config = dataclasses.replace(config, index_dir=(config.run_dir / "index" / data_dir.name).resolve())
     print(f"data: {data.origin}")
     platform = EmbeddedPlatform(config.run_dir)
     started_here = not platform.running()
@@ -288,13 +301,15 @@ def _demo(args: argparse.Namespace) -> int:
         client = JobsClient(config.api_url)
         time_limit_s = None if args.minutes is None else args.minutes * 60
         job = client.submit(demo_job(data, args.steps, args.model, time_limit_s=time_limit_s))
-        budget = "" if args.minutes is None else f" or {args.minutes:g} minutes, whichever ends first"
+        budget = "" if args.minutes is None else f" or {args.minutes:g} minutes of training, whichever ends first"
         print(f"submitted {job['id']}: GRPO, {args.steps} steps{budget}; "
               f"follow with `searchr1 jobs logs {job['id']} -f`")  # fmt: skip
         state, metrics, evals = follow(client, job["id"], args.steps if args.minutes is None else None)
-        print_results(evals)
-        if metrics:
-            print(f"reward curve: {plot_rewards(metrics, config.run_dir / 'reward_curve.png')}")
+        report = demo_report.build_report(metrics, evals, time.monotonic() - started)
+        print(demo_report.table(report))
+        print(f"figures: {demo_report.write_json(report, config.run_dir / 'demo_report.json')}")
+        title = f"searchr1 demo: GRPO on {args.model}, {args.data} data"
+        print(f"picture: {demo_report.plot(metrics, evals, config.run_dir / 'reward_curve.png', title)}")
         return 0 if state is JobState.SUCCEEDED else 1
     finally:
         if started_here and not args.keep_running:
@@ -447,11 +462,18 @@ def build_parser() -> argparse.ArgumentParser:
     down.set_defaults(run=_down)
     demo = commands.add_parser("demo", help="train SmolLM2-135M with GRPO through the embedded platform")
     platform_options(demo)
-    demo.add_argument("--shared-data", default=str(SHARED_DATA_DIR))
-    demo.add_argument("--steps", type=int, default=4)
     demo.add_argument(
-        "--minutes", type=_positive_float, metavar="M",
-        help="stop training after the first step that ends past M minutes (then the final eval and checkpoint)",
+        "--data", choices=["generated", "shared"], default="generated",
+        help="generated: fictional people and towns only search can answer (default); shared: ../shared/data's real "
+        "questions (NQ, HotpotQA) and a slice of its corpus",
+    )  # fmt: skip
+    demo.add_argument("--seed", type=int, default=0, help="the generated task's seed (and the shared slice's)")
+    demo.add_argument("--shared-data", default=str(SHARED_DATA_DIR))
+    demo.add_argument("--steps", type=int, default=200, help="at most this many steps (see --minutes)")
+    demo.add_argument(
+        "--minutes", type=_positive_float, metavar="M", default=DEMO_TRAIN_MINUTES,
+        help="stop training after the first step that ends past M minutes of training, then the final eval and "
+        f"checkpoint (default {DEMO_TRAIN_MINUTES:g}: the demo takes about 15 minutes on two cores)",
     )  # fmt: skip
     demo.add_argument("--train-questions", type=int, default=200)
     demo.add_argument("--eval-questions", type=int, default=24)

@@ -221,6 +221,7 @@ class RolloutRequest(Message):
     topk: int = Field(3, ge=1, le=100)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     is_eval: bool = False
+    search_enabled: bool = Field(True, description="False: every search finds nothing (an eval's no-search control)")
     turn_prefix_ids: TokenIds = Field(
         default_factory=lambda: np.zeros(0, dtype=np.int32),
         description="written by the environment before every model turn (loss mask 0), e.g. an opened <think> "
@@ -440,6 +441,9 @@ class DataSource(_Strict):
 class DataConfig(_Strict):
     train: list[DataSource] = Field(default_factory=list, max_length=64, description="required by a training job")
     eval: list[DataSource] = Field(default_factory=list, max_length=64)
+    eval_without_search: bool = Field(
+        False, description="each eval also runs with search finding nothing: the control that shows what searching adds"
+    )
     shuffle_seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
@@ -478,6 +482,10 @@ class ResourcesConfig(_Strict):
     )
     rollout_replicas: int = Field(1, ge=1, le=1024)
     rollout_gpus_per_replica: float = Field(0, ge=0, le=16)
+    learner_cpu_bf16: bool = Field(
+        False, description="a CPU learner runs forward and backward under bf16 autocast (weights and optimiser stay "
+        "fp32): about twice as fast on CPUs with AVX512-BF16 or AMX; GPU learners always compute in bf16",
+    )  # fmt: skip
 
 
 class ScheduleConfig(_Strict):

@@ -1,15 +1,15 @@
 """`searchr1 demo`: train SmolLM2-135M-Instruct with GRPO on this machine, through the whole platform.
 
-Data: ../shared/data when it is there (a few hundred train questions, two eval sets, and the corpus passages
-that hold their answers plus distractors, so the index builds in minutes); otherwise a small generated set of
-fictional facts whose answers exist only in its own corpus, so only search can answer them.
+Data (`--data`): `generated` (the default), fictional people and towns whose facts exist only in their own corpus
+(`services.fictional`), so only search can answer and held-out entities test the skill, not memory; or `shared`,
+a slice of ../shared/data (a few hundred real train questions, NQ and HotpotQA eval sets, and the corpus passages
+that hold their answers plus distractors, so the index builds in minutes).
 """
 
 from __future__ import annotations
 
 import json
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,55 +85,50 @@ def from_shared_data(
     return DemoData(out / "train.jsonl", eval_paths, out / "corpus.jsonl", origin)
 
 
-_PEOPLE = ["Alvera Quint", "Borin Maddox", "Cyra Vell", "Dorian Ashby", "Elowen Tarr", "Fenwick Doyle",
-           "Gisela Marr", "Hollis Crane", "Ilse Varga", "Jasper Noon", "Kestrel Wynn", "Lorna Pike"]  # fmt: skip
-_TOWNS = ["Westmarch", "Dunhollow", "Brightwater", "Cinderfall", "Ashgrove", "Mirecastle", "Pellridge", "Tormouth"]
-_TRADES = ["glassblower", "cartographer", "clockmaker", "beekeeper", "shipwright", "astronomer"]
+def fictional(out: Path, seed: int = 0, single_hop: int = 40, two_hop: int = 20) -> DemoData:
+    """The generated task of `services.fictional` for `seed`: its train questions, and the first `single_hop` and
+    `two_hop` of its held-out questions (the demo's evals run greedily on every one, twice: with and without
+    search)."""
+    from services.fictional import generate
 
-
-def generated(out: Path, seed: int = 0) -> DemoData:
-    """Fictional people with a birthplace and a trade: the answers exist only in this corpus."""
-    rng = random.Random(seed)
-    passages, questions = [], []
-    for i, person in enumerate(_PEOPLE):
-        town, trade = rng.choice(_TOWNS), rng.choice(_TRADES)
-        passages.append({"id": str(i), "contents": f'"{person}"\n{person} was a {trade} born in {town}.'})
-        questions.append({"id": f"{i}-town", "question": f"In which town was {person} born?",
-                          "golden_answers": [town], "source": "fictional:generated:searchr1"})  # fmt: skip
-        questions.append({"id": f"{i}-trade", "question": f"What was the trade of {person}?",
-                          "golden_answers": [trade], "source": "fictional:generated:searchr1"})  # fmt: skip
-    rng.shuffle(questions)
-    _write_jsonl(out / "train.jsonl", questions[:16])
-    _write_jsonl(out / "fictional_eval.jsonl", questions[16:])
-    _write_jsonl(out / "corpus.jsonl", passages)
-    return DemoData(out / "train.jsonl", [out / "fictional_eval.jsonl"], out / "corpus.jsonl",
-                    "generated fictional facts (no ../shared/data here)")  # fmt: skip
+    task = generate(seed)
+    _write_jsonl(out / "train.jsonl", task.train)
+    _write_jsonl(out / "fictional_single_hop.jsonl", task.eval_single_hop[:single_hop])
+    _write_jsonl(out / "fictional_two_hop.jsonl", task.eval_two_hop[:two_hop])
+    _write_jsonl(out / "corpus.jsonl", task.corpus)
+    origin = (f"generated fictional people and towns (seed {seed}): {len(task.train)} train questions, "
+              f"{single_hop} single-hop and {two_hop} two-hop held-out questions, "
+              f"{len(task.corpus)} passages")  # fmt: skip
+    return DemoData(out / "train.jsonl", [out / "fictional_single_hop.jsonl", out / "fictional_two_hop.jsonl"],
+                    out / "corpus.jsonl", origin)  # fmt: skip
 
 
 def demo_job(data: DemoData, steps: int, model: str = DEMO_MODEL, time_limit_s: float | None = None) -> dict[str, Any]:
-    """A GRPO JobSpec sized for two CPU cores: small groups, few steps, a higher learning rate than the paper's
-    (which is tuned for 500 steps of 512 prompts) so a handful of steps can move the policy at all."""
+    """A GRPO JobSpec sized for two CPU cores, each choice measured (README, "make demo"):
+    - a one-shot prompt (~200 tokens; prompt tokens dominate the update's cost) and short turns;
+    - sampling at temperature 0.6: at 1.0 the untrained 135M model almost never answers right (EM 0.00 on the
+      generated task) and GRPO gets no signal, at 0.4-0.6 a quarter of its groups differ;
+    - plain EM, the reference's reward; no KL term (no reference model to run), one update per step (the update's
+      old log-probabilities come from its own forward pass) and a learning rate suited to tens of steps."""
     return {
         "name": "demo-grpo",
         "model": model,
         "algorithm": {
-            "name": "grpo", "group_size": 4, "prompts_per_step": 2, "mini_batch_size": 8, "micro_batch_size": 2,
-            "actor_lr": 2e-6, "actor_warmup_ratio": 0.0,
+            "name": "grpo", "group_size": 6, "prompts_per_step": 6, "mini_batch_size": 36, "micro_batch_size": 4,
+            "actor_lr": 3e-5, "actor_warmup_ratio": 0.0, "kl_coef": 0.0, "entropy_coef": 0.0,
         },
         "data": {
             "train": [{"path": str(data.train), "format": "jsonl"}],
             "eval": [{"path": str(p), "format": "jsonl"} for p in data.eval],
+            "eval_without_search": True,
         },
-        # Worked examples in the prompt: the untrained 135M model writes a valid first action 55-68% of the time
-        # with them, under 1% with the instructions alone (bench/prompts.py). Prompts take 400-480 tokens;
-        # the context holds the longest one with both turns, both results and the last turn.
-        "rollout": {"prompt_style": "few_shot", "max_turns": 2, "max_tokens_per_turn": 64, "max_obs_tokens": 192,
-                    "max_context_tokens": 1088, "max_prompt_tokens": 512, "temperature": 1.0, "top_p": 1.0,
+        "rollout": {"prompt_style": "one_shot", "max_turns": 2, "max_tokens_per_turn": 48, "max_obs_tokens": 96,
+                    "max_context_tokens": 768, "max_prompt_tokens": 320, "temperature": 0.5, "top_p": 1.0,
                     "request_timeout_s": 900},
-        # Format-aware EM (the reference's second paper): an untrained 135M model rarely writes a valid
-        # <answer>, so plain EM gives every sample 0 and GRPO no signal; partial credit for structure does.
-        "reward": {"kind": "em_format"},
-        "resources": {"learner_workers": 1, "learner_cpus_per_worker": 1},
+        # The format-aware reward of the reference's second paper, with its retrieval bonus: a wrong answer whose
+        # search found the gold earns a little more than one that did not search well.
+        "reward": {"kind": "em_format", "format_scores": {"retrieval_bonus": 0.1}},
+        "resources": {"learner_workers": 1, "learner_cpus_per_worker": 1, "learner_cpu_bf16": True},
         "schedule": {"total_steps": steps, "save_interval": steps, "eval_interval": steps, "eval_before_train": True,
                      "time_limit_s": time_limit_s},
     }  # fmt: skip
@@ -206,55 +201,3 @@ def follow(
             bar.set_postfix_str(", ".join(part for part in (steps, work.phase, reward) if part), refresh=False)
             bar.update((work.steps if planned is None else work.position) - bar.n)
     return state, metrics, evals
-
-
-def plot_rewards(metrics: list[dict[str, Any]], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [m["step"] for m in metrics]
-    rewards = [m["reward_mean"] for m in metrics]
-    window = max(1, len(rewards) // 10)
-    smoothed = [sum(rewards[max(0, i - window + 1) : i + 1]) / len(rewards[max(0, i - window + 1) : i + 1])
-                for i in range(len(rewards))]  # fmt: skip
-    figure, axis = plt.subplots(figsize=(7, 4))
-    axis.plot(steps, rewards, marker="o", markersize=3, alpha=0.4, label="mean reward (format-aware EM)")
-    axis.plot(steps, smoothed, label=f"mean reward, {window}-step moving average")
-    if all("format_valid_ratio" in m for m in metrics):
-        axis.plot(steps, [m["format_valid_ratio"] for m in metrics], linestyle="--", label="well-formed episodes")
-    axis.set_xlabel("step")
-    axis.set_ylabel("mean over the step's episodes")
-    axis.set_title("searchr1 demo: GRPO on SmolLM2-135M-Instruct")
-    axis.grid(alpha=0.3)
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
-
-
-def print_results(evals: list[dict[str, Any]]) -> None:
-    if not evals:
-        print("no evaluation results")
-        return
-    first, last = evals[0], evals[-1]
-    names = sorted(k for k in first if k.startswith("eval_em/"))
-    print(f"{'data set':20} {'EM before':>10} {'EM after':>10}")
-    for name in names:
-        print(f"{name.split('/', 1)[1]:20} {first[name]:10.3f} {last.get(name, float('nan')):10.3f}")
-
-
-def wait_for_api(url: str, timeout_s: float = 60) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"the API at {url} is not ready")

@@ -8,6 +8,8 @@ Two styles (`RolloutConfig.prompt_style`):
   (the agent's turn prefix, inserted and never trained on). Small models copy earlier turns far better than
   they follow instructions: untrained SmolLM2-135M-Instruct at temperature 1 writes a valid first action in
   55-68% of its episodes with it, and in under 1% with `instruct` (`python -m bench.prompts`).
+- `one_shot`: `few_shot` with its first worked example only, ~200 tokens instead of ~450: prompt tokens dominate
+  the cost of a training update, and one example suffices for the generated demo task.
 
 The chat template is applied when the tokenizer has one (instruct models); base models get plain text.
 """
@@ -17,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-PromptStyle = Literal["instruct", "few_shot"]
-PROMPT_STYLES: tuple[PromptStyle, ...] = ("instruct", "few_shot")
+PromptStyle = Literal["instruct", "few_shot", "one_shot"]
+PROMPT_STYLES: tuple[PromptStyle, ...] = ("instruct", "few_shot", "one_shot")
 
 INSTRUCTION = (
     "Answer the question below. Reason step by step between <think> and </think> whenever you need to. "
@@ -56,7 +58,7 @@ EXAMPLES: tuple[tuple[str, str], ...] = (
              "Borin Maddox was a folk musician who played the lute.", "lute")),
 )  # fmt: skip
 
-TURN_PREFIXES: dict[PromptStyle, str] = {"instruct": "", "few_shot": "<think>"}
+TURN_PREFIXES: dict[PromptStyle, str] = {"instruct": "", "few_shot": "<think>", "one_shot": "<think>"}
 
 
 def normalize_question(question: str) -> str:
@@ -83,7 +85,7 @@ def prompt_messages(question: str, style: PromptStyle = "instruct") -> list[dict
     if _check_style(style) == "instruct":
         return [{"role": "user", "content": prompt_text(question)}]
     messages = [{"role": "system", "content": RULES}]
-    for example_question, worked in EXAMPLES:
+    for example_question, worked in EXAMPLES[: 1 if style == "one_shot" else None]:
         messages += [{"role": "user", "content": f"Question: {example_question}"},
                      {"role": "assistant", "content": worked}]  # fmt: skip
     return [*messages, {"role": "user", "content": f"Question: {normalize_question(question)}"}]
@@ -125,6 +127,7 @@ def build_turn_prefix_ids(tokenizer: Any, style: PromptStyle = "instruct") -> li
     """The token ids of `turn_prefix(style)` (none for a style without one)."""
     prefix = turn_prefix(style)
     return [int(t) for t in tokenizer.encode(prefix, add_special_tokens=False)] if prefix else []
+
 
 def reference_prompt_text(tokenizer: Any, messages: Sequence[dict[str, str]]) -> str:
     """A Search-R1 row's own chat prompt as the reference renders it: the chat template with a generation prompt,

@@ -126,7 +126,9 @@ class Learner:
         await self.publish_weights()
         await self.event("state", state=JobState.RUNNING)
         result = await self.evaluate()
-        return "EM " + ", ".join(f"{key.split('/', 1)[1]} {value:.3f}" for key, value in result.items())
+        return "EM " + ", ".join(
+            f"{key.split('/', 1)[1]} {value:.3f}" for key, value in result.items() if key.startswith("eval_em/")
+        )
 
     async def event(self, kind: str, **fields: Any) -> None:
         event = JobEvent(job_id=self.ctx.job_id, event=kind, **fields)
@@ -134,7 +136,7 @@ class Learner:
 
     # -- one step ----------------------------------------------------------------------------------------
     def requests_for(
-        self, examples: list[Example], n: int, sampling: SamplingParams, is_eval: bool
+        self, examples: list[Example], n: int, sampling: SamplingParams, is_eval: bool, search_enabled: bool = True
     ) -> list[RolloutRequest]:
         rollout, tokenizer = self.spec.rollout, self.ctx.tokenizer
         reward = RewardConfig(kind="em") if is_eval else self.spec.reward
@@ -156,6 +158,7 @@ class Learner:
                 topk=rollout.topk,
                 reward=reward,
                 is_eval=is_eval,
+                search_enabled=search_enabled,
             )
             for example in examples
         ]
@@ -248,22 +251,38 @@ class Learner:
 
     # -- evaluation --------------------------------------------------------------------------------------
     async def evaluate(self) -> dict[str, float]:
-        """Greedy rollouts of the eval sets with the current policy; exact match per data set."""
+        """Greedy rollouts of the eval sets with the current policy: exact match (`eval_em/<set>`) and the share of
+        turns with a valid action (`eval_valid_action/<set>`) per data set; with `data.eval_without_search`, the
+        exact match again with search finding nothing (`eval_em_no_search/<set>`)."""
+        result = await self.eval_pass(search_enabled=True)
+        if self.spec.data.eval_without_search:
+            control = await self.eval_pass(search_enabled=False)
+            result.update({key.replace("eval_em/", "eval_em_no_search/"): value for key, value in control.items()
+                           if key.startswith("eval_em/")})  # fmt: skip
+        for key, value in result.items():
+            if key.startswith("eval_em/"):
+                EVAL_EM.labels(self.ctx.job_id, key.split("/", 1)[1]).set(value)
+        await self.event("eval", step=self.step, data=result)
+        log.info("job %s eval at step %d: %s", self.ctx.job_id, self.step, result)
+        return result
+
+    async def eval_pass(self, search_enabled: bool) -> dict[str, float]:
+        """One greedy pass over the eval sets: exact match and valid-action share per data set."""
         examples = self.eval_examples()
         sampling = SamplingParams(temperature=0.0, top_p=1.0, max_tokens_per_turn=self.spec.rollout.max_tokens_per_turn)
-        requests = self.requests_for(examples, 1, sampling, is_eval=True)
-        report = self.progress_reporter(len(requests))
+        requests = self.requests_for(examples, 1, sampling, is_eval=True, search_enabled=search_enabled)
+        report = self.progress_reporter(len(requests), phase="eval" if search_enabled else "eval_no_search")
         await report(0)
         gathered = await self.rollouts(requests, max_staleness=0, progress=report)
         dataset_of = {example.uid: example.dataset for example in examples}
-        per_dataset: dict[str, list[float]] = {}
+        per_dataset: dict[str, list[ScoredTrajectory]] = {}
         for scored in gathered.trajectories:
-            per_dataset.setdefault(dataset_of[scored.trajectory.prompt_uid], []).append(scored.reward)
-        result = {f"eval_em/{name}": float(np.mean(scores)) for name, scores in sorted(per_dataset.items())}
-        for key, value in result.items():
-            EVAL_EM.labels(self.ctx.job_id, key.split("/", 1)[1]).set(value)
-        await self.event("eval", step=self.step, data=result)
-        log.info("job %s eval at step %d: %s", self.ctx.job_id, self.step, result)
+            per_dataset.setdefault(dataset_of[scored.trajectory.prompt_uid], []).append(scored)
+        result: dict[str, float] = {}
+        for name, scored_list in sorted(per_dataset.items()):
+            result[f"eval_em/{name}"] = float(np.mean([s.reward for s in scored_list]))
+            turns = sum(s.trajectory.turns for s in scored_list)
+            result[f"eval_valid_action/{name}"] = sum(s.trajectory.valid_actions for s in scored_list) / max(turns, 1)
         return result
 
     def progress_reporter(

@@ -97,6 +97,7 @@ def build_models(spec: JobSpec, model_path: str, device: torch.device) -> Models
         optimizer=optimizer,
         scheduler=algos.warmup_constant_scheduler(optimizer, total, config.actor_warmup_ratio),
         reference=shard(reference) if reference is not None else None,
+        autocast_dtype=torch.bfloat16 if spec.resources.learner_cpu_bf16 and device.type == "cpu" else None,
     )
     if critic is not None and isinstance(config, PPOConfig):
         models.critic = shard(critic)

@@ -404,3 +404,38 @@ def test_only_reference_compat_requests_carry_the_prompt_text():
         [trajectory] = run(Agent(ScriptedEngine(turns), codec, FakeRetriever()).run_request(request))
         texts[compat] = trajectory.prompt_text
     assert texts == {"ours": "", "reference": codec.decode(PROMPT)}
+
+
+def test_with_search_disabled_a_search_finds_nothing_and_the_retriever_is_not_called():
+    """The no-search control of an eval: the loop runs as usual, but every information block is empty."""
+    turn1 = "<think>need it</think><search> capital of France </search>"
+    turn2 = "<answer> Lyon </answer>"
+    engine, retriever = ScriptedEngine([turn1, turn2]), FakeRetriever()
+    request = RolloutRequest(job_id="j", prompt_uid="u", prompt_ids=PROMPT, search_enabled=False, is_eval=True)
+    [trajectory] = run(Agent(engine, codec, retriever, AgentConfig()).run_request(request))
+    assert retriever.calls == []
+    assert trajectory.response_text == turn1 + expected_obs([]) + turn2
+    assert (trajectory.searches, trajectory.finished) == (1, True)
+
+
+@pytest.mark.parametrize("stop_reason", [None, 0x2403])  # vLLM reports an EOS as None, a stop token by its id
+def test_a_turn_that_ends_on_an_end_token_drops_it_and_the_episode_goes_on(stop_reason: int | None) -> None:
+    """As the reference (which decodes turns without special tokens): the end token is neither trained on nor
+    read by the format check, and the next turn does not see it."""
+    eos = 0x2403  # decodes as a visible character, so a kept one would show in the text
+    first = codec.encode("<think> hmm </think>")
+
+    class EndsOnEos(ScriptedEngine):
+        async def generate(self, prompt_ids, sampling, stop, max_tokens):
+            if not self.calls:
+                self.calls.append({"prompt_ids": list(prompt_ids)})
+                return GenerationResult([*first, eos], [-0.1] * (len(first) + 1), "stop", 0, stop_reason)
+            return await super().generate(prompt_ids, sampling, stop, max_tokens)
+
+    engine = EndsOnEos(["<think> ok </think><answer> Paris </answer>"])
+    episode = run(Agent(engine, codec, FakeRetriever()).run(PROMPT))
+    assert eos not in episode.response_ids and episode.response_ids[: len(first)] == first
+    assert len(episode.logprobs) == len(episode.response_ids) == len(episode.loss_mask)
+    assert episode.actions == ["invalid", "answer"]
+    assert eos not in engine.calls[1]["prompt_ids"]
+    assert episode.response_ids[len(first) : len(first) + len(CORRECTIVE_MESSAGE)] == codec.encode(CORRECTIVE_MESSAGE)

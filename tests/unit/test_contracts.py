@@ -136,7 +136,7 @@ def test_preset_overrides_merge_deeply() -> None:
         ({"rollout": {"max_prompt_tokens": 5000}}, "max_prompt_tokens \\(5000\\) must be below"),
         ({"name": "Bad Name"}, "JobSpec.name: String should match pattern"),
         ({"schedule": {"time_limit_s": 0}}, "JobSpec.schedule.time_limit_s: Input should be greater than 0"),
-        ({"rollout": {"prompt_style": "chatty"}}, "JobSpec.rollout.prompt_style: Input should be 'instruct' or"),
+        ({"rollout": {"prompt_style": "chatty"}}, "rollout.prompt_style: Input should be 'instruct', 'few_shot'"),
         ({"data": {"train": []}}, "JobSpec.data: Value error, a training job needs at least one data.train source"),
         (
             {"kind": "eval", "data": {"eval": []}},

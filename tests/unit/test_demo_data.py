@@ -9,7 +9,7 @@ import pytest
 
 from reward.scoring import normalize_answer
 from services.contracts import JobEvent, JobSpec, JobState
-from services.demo import DEMO_MODEL, WorkDone, demo_job, from_shared_data, generated, planned_units
+from services.demo import DEMO_MODEL, WorkDone, demo_job, fictional, from_shared_data, planned_units
 from services.models import resolve_model, smollm2_gguf
 from services.prompts import build_prompt_ids, build_turn_prefix_ids
 
@@ -33,7 +33,8 @@ def test_shared_slice_keeps_answer_passages_and_is_deterministic(tmp_path: Path)
     assert len(answered) >= 15, "most train answers must be findable in the demo corpus"
     spec = JobSpec.parse(demo_job(data, steps=3))
     assert spec.algorithm.name == "grpo" and spec.schedule.total_steps == 3
-    assert spec.schedule.time_limit_s is None and spec.rollout.prompt_style == "few_shot"
+    assert spec.schedule.time_limit_s is None and spec.rollout.prompt_style == "one_shot"
+    assert spec.data.eval_without_search
     assert JobSpec.parse(demo_job(data, steps=1000, time_limit_s=3600)).schedule.time_limit_s == 3600
 
 
@@ -44,7 +45,7 @@ def test_the_demo_prompts_fit_their_cap_whole(tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(DEMO_MODEL))
-    rollout = JobSpec.parse(demo_job(generated(tmp_path), steps=1)).rollout
+    rollout = JobSpec.parse(demo_job(fictional(tmp_path), steps=1)).rollout
     questions = [q["question"] for name in ("train/train.jsonl", "eval/nq_test.jsonl", "eval/hotpotqa_dev.jsonl")
                  for q in rows(SHARED / name)]  # fmt: skip
     longest = max(len(build_prompt_ids(tokenizer, q, style=rollout.prompt_style)) for q in questions)
@@ -55,17 +56,17 @@ def test_the_demo_prompts_fit_their_cap_whole(tmp_path: Path) -> None:
     assert episode <= rollout.max_context_tokens, "every turn sees the whole prompt"
 
 
-def test_generated_facts_are_answerable_only_from_their_corpus(tmp_path: Path) -> None:
-    data = generated(tmp_path)
+def test_the_generated_task_is_written_with_a_single_and_a_two_hop_eval_set(tmp_path: Path) -> None:
+    data = fictional(tmp_path, seed=3)
+    assert [p.name for p in data.eval] == ["fictional_single_hop.jsonl", "fictional_two_hop.jsonl"]
     corpus = " ".join(p["contents"] for p in rows(data.corpus))
-    questions = rows(data.train) + rows(data.eval[0])
-    assert len(questions) == 24
+    questions = rows(data.train) + rows(data.eval[0]) + rows(data.eval[1])
     assert all(q["golden_answers"][0] in corpus for q in questions)
-    assert "generated" in data.origin
+    assert "seed 3" in data.origin and fictional(tmp_path / "again", seed=3).train.read_text() == data.train.read_text()
 
 
 def test_the_progress_bar_moves_through_evals_and_steps_and_ends_with_the_last_eval(tmp_path: Path) -> None:
-    spec = JobSpec.parse(demo_job(generated(tmp_path), steps=2)).model_dump(mode="json")
+    spec = JobSpec.parse(demo_job(fictional(tmp_path), steps=2)).model_dump(mode="json")
     planned = planned_units(spec)
     assert planned == 4, "an eval before training, two steps, the eval after the last step"
     spec["schedule"].update(total_steps=5, eval_interval=2, eval_before_train=False)

@@ -165,3 +165,12 @@ def test_what_a_model_name_can_be_checked_for_at_submission(tmp_path: Path) -> N
     assert name_problem(str(tmp_path / "missing")) == f"no local folder {tmp_path / 'missing'}"
     assert name_problem(str(tmp_path / "missing"), local_paths=False) is None, "the learner's volumes, not ours"
     assert "no local folder" not in (name_problem("smollm2-135m-instruc", local_paths=False) or "")
+
+
+def test_one_shot_prompt_is_the_rules_one_worked_example_and_the_question(tokenizer):
+    messages = prompt_messages("capital of france", "one_shot")
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert messages[2]["content"] == prompt_messages("x", "few_shot")[2]["content"], "the first worked example"
+    one, few = (len(build_prompt_ids(tokenizer, "q", style=style)) for style in ("one_shot", "few_shot"))
+    assert one < few * 0.6, "the one-shot prompt costs the update far fewer tokens"
+    assert turn_prefix("one_shot") == "<think>"

@@ -137,3 +137,56 @@ def test_paper_presets_make_the_reference_count_of_optimizer_steps(model_dir: Pa
         "policy": REFERENCE_UPDATES[algorithm],
         "critic": REFERENCE_UPDATES[algorithm] if algorithm == "ppo" else 0,
     }
+
+
+def grpo_batch():
+    items = [
+        scored(GOOD, GOOD_MASK, 1.0, "src-a:1"), scored(BAD, [1, 1, 1], 0.0, "src-a:1"),
+        scored(GOOD, GOOD_MASK, 0.0, "src-b:1"), scored(BAD, [1, 1, 1], 1.0, "src-b:1"),
+    ]  # fmt: skip
+    return collate(items, pad_id=0)
+
+
+def test_one_update_on_the_whole_batch_takes_old_logprobs_from_its_own_forward(model_dir: Path) -> None:
+    """GRPO, one epoch, one mini-batch: the update skips the separate old-logprob pass; the step must equal the one
+    made with that pass (the policy has not moved between the two)."""
+    from trainer import update
+
+    spec = spec_for("grpo")
+    assert spec.algorithm.mini_batch_size == len(grpo_batch()) and spec.algorithm.epochs == 1
+    torch.manual_seed(0)
+    single = build_models(spec, str(model_dir), torch.device("cpu"))
+    torch.manual_seed(0)
+    two_pass = build_models(spec, str(model_dir), torch.device("cpu"))
+    batch = grpo_batch()
+    stats = train_step(spec.algorithm, batch, single)
+    old = logprobs_in_chunks(two_pass.policy, batch, 1.0, 2)
+    ref = logprobs_in_chunks(two_pass.reference, batch, 1.0, 2)
+    advantages, *_ = update.advantages_for(spec.algorithm, batch, two_pass, old, ref, 2)
+    update._update_minibatch(spec.algorithm, batch, torch.arange(len(batch)), two_pass, old, ref, advantages, None,
+                             None, 1.0, update.StepStats(), update.SINGLE)  # fmt: skip
+    for (name, a), (_, b) in zip(single.policy.named_parameters(), two_pass.policy.named_parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert stats["clip_fraction"] == 0.0 and abs(stats["approx_kl"]) < 1e-9, "the ratio is 1 on the first update"
+    assert "behaviour_kl" in stats
+
+
+def test_bf16_autocast_runs_the_update_in_bf16_and_keeps_fp32_weights(model_dir: Path) -> None:
+    spec = spec_for("grpo").model_copy(update={"resources": JobSpec.parse(
+        {"model": "m", "algorithm": {"name": "grpo"}, "data": {"train": [{"path": "x"}]},
+         "resources": {"learner_cpu_bf16": True}}).resources})  # fmt: skip
+    models = build_models(spec, str(model_dir), torch.device("cpu"))
+    assert models.autocast_dtype is torch.bfloat16
+    batch = grpo_batch()
+    before = model_token_logprob(models, batch)
+    seen: list[torch.dtype] = []
+    layer = models.policy.model.layers[0].mlp.down_proj
+    handle = layer.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    for _ in range(5):
+        stats = train_step(spec.algorithm, batch, models)
+    handle.remove()
+    after = model_token_logprob(models, batch)
+    assert seen and all(dtype is torch.bfloat16 for dtype in seen), "the update ran in bf16"
+    assert all(p.dtype is torch.float32 for p in models.policy.parameters())
+    assert after[0] > before[0] and after[3] > before[3], "the rewarded responses became likelier in bf16 too"
+    assert np.isfinite(list(stats.values())).all()

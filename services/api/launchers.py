@@ -24,6 +24,8 @@ from .admission import Capacity
 from .store import JobRecord
 
 DEFAULT_ENTRYPOINT = "trainer.train"
+# The API's own secrets: a learner never calls the API, so it does not get them.
+API_ONLY_ENV = frozenset({"SEARCHR1_API_TOKEN"})
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,7 @@ class LocalLauncher:
                 command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, **self.env},
+                env={**{k: v for k, v in os.environ.items() if k not in API_ONLY_ENV}, **self.env},
                 start_new_session=True,
             )
         self._children[job.id] = process

@@ -171,7 +171,7 @@ def create_app(settings: RetrieverSettings | None = None, searcher: SearchBacken
     async def retrieve(request: RetrieveRequest) -> dict[str, Any]:
         """Search-R1's contract: `{"result": [[{"document": {"id", "contents"}, "score"}, ...], ...]}`, one list
         per query; with `return_scores` false each element is the bare document."""
-        topk = settings.default_topk if request.topk is None else request.topk
+        topk = request.topk or settings.default_topk  # 0 too, as the reference's server (`if not request.topk`)
         check(request.queries, topk)
         results = await run([SearchItem(q, topk, settings.default_mode) for q in request.queries])
         if request.return_scores:

@@ -29,7 +29,9 @@ class RetrieveRequest(BaseModel):
     model_config = ConfigDict(allow_inf_nan=False)
 
     queries: list[Query]
-    topk: int | None = Field(None, description="passages per query; the server's default_topk (3) when left out")
+    topk: int | None = Field(
+        None, description="passages per query; the server's default_topk (3) when left out or 0, as the reference"
+    )
     return_scores: bool = False
 
 

@@ -82,11 +82,13 @@ def test_retrieve_with_scores_has_search_r1_shape(http: httpx.Client, searcher: 
     assert body["result"][0][0]["document"]["contents"].startswith('"List of Nobel laureates in Physics"\n')
 
 
-def test_retrieve_without_scores_gives_bare_documents_and_defaults_to_three(http: httpx.Client) -> None:
+def test_retrieve_without_scores_gives_bare_documents_and_defaults_to_three_also_for_topk_0(http: httpx.Client) -> None:
     response = http.post("/retrieve", json={"queries": QUERIES[:1], "unknown_field": "ignored"})
     assert response.status_code == 200
     (results,) = response.json()["result"]
     assert len(results) == 3 and all(set(doc) == {"id", "contents"} for doc in results)
+    (zero,) = http.post("/retrieve", json={"queries": QUERIES[:1], "topk": 0}).json()["result"]
+    assert zero == results, "topk 0 falls back to the default, as the reference's server"
     assert http.post("/retrieve", json={"queries": []}).json() == {"result": []}
 
 
@@ -110,7 +112,7 @@ LONG = "x" * 101
 BAD_REQUESTS = [
     ("/retrieve", {"queries": ["q"] * 9}, ["body", "queries"], "at most 8 queries per request, got 9"),
     ("/retrieve", {"queries": ["ok", LONG]}, ["body", "queries", 1], "query is 101 characters long, the limit is 100"),
-    ("/retrieve", {"queries": ["q"], "topk": 0}, ["body", "topk"], "topk must be between 1 and 10, got 0"),
+    ("/retrieve", {"queries": ["q"], "topk": -1}, ["body", "topk"], "topk must be between 1 and 10, got -1"),
     ("/v1/search", {"queries": ["q"], "topk": 11}, ["body", "topk"], "topk must be between 1 and 10, got 11"),
     ("/retrieve", {"queries": "just a string"}, ["body", "queries"], "Input should be a valid list"),
     ("/retrieve", {"topk": 3}, ["body", "queries"], "Field required"),

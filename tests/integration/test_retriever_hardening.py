@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from retriever_testkit import build_test_index, encoder, needs_corpus
 from support import ThreadServer
 
@@ -147,3 +148,22 @@ def test_a_big_request_does_not_hold_a_small_one_behind_it(http: httpx.Client) -
     assert small.status_code == 200
     assert finished["small"] < finished["big"], "the small request was served between the big one's pieces"
     assert finished["small"] - started < alone, (finished["small"] - started, alone)
+
+
+def batches_run() -> float:
+    return REGISTRY.get_sample_value("searchr1_retriever_batch_queries_count") or 0.0
+
+
+def test_a_request_whose_client_went_away_stops_between_its_pieces(http: httpx.Client) -> None:
+    body = {"queries": [f"roman film {i}" for i in range(160)], "topk": 3}  # ten pieces
+    before = batches_run()
+    started = time.perf_counter()
+    assert http.post("/v1/search", json=body).status_code == 200
+    alone = time.perf_counter() - started
+    assert batches_run() - before == 10
+    before = batches_run()
+    with pytest.raises(httpx.ReadTimeout):
+        http.post("/v1/search", json=body, timeout=alone / 5)
+    time.sleep(alone * 1.5)  # long enough for all ten pieces, had they gone on
+    assert batches_run() - before < 8, "the pieces after the client left were not run"
+    assert http.post("/retrieve", json=GOOD).status_code == 200

@@ -3,6 +3,7 @@ clients are served as before, and nothing stored is lost."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
@@ -12,8 +13,10 @@ from support import ApiServer, wait_until
 
 from services.api.app import ApiSettings
 from services.api.client import JobsClient
-from services.contracts import ContractError, JobSpec
+from services.config import Settings
+from services.contracts import ContractError, JobEvent, JobSpec
 from services.models import TINY_QWEN2
+from services.streams import Streams, connect
 
 
 def tiny_job(name: str = "ok", **schedule: object) -> dict:
@@ -162,4 +165,28 @@ def test_event_followers_are_bounded_and_a_closed_one_frees_its_place(api: ApiSe
     wait_until(lambda: api.client.get(url, params={"follow": False}).status_code == 200, 5, "the API to answer")
     with api.client.stream("GET", url) as again:
         assert again.status_code == 200, "closing the followers freed their places"
+    api.client.post(f"/v1/jobs/{job['id']}/cancel")
+
+
+def test_a_diverged_metric_is_reported_without_breaking_the_listing(api: ApiServer) -> None:
+    """A learner's NaN loss is an event like any other; JSON has no NaN, so the job's record leaves it out."""
+    api.env["FAKE_LEARNER_STEP_S"] = "5"
+    api.restart()
+    job = api.client.post("/v1/jobs", json=tiny_job(total_steps=50)).json()
+    api.wait_state(job["id"], "RUNNING")
+    settings = Settings(redis_url=api.env["SEARCHR1_REDIS_URL"], key_prefix=api.env["SEARCHR1_KEY_PREFIX"])
+
+    async def publish() -> None:
+        streams = Streams(connect(settings), settings)
+        data = {"loss": float("nan"), "kl": float("inf"), "reward_mean": 0.5}
+        await streams.publish(streams.job(job["id"], "events"), JobEvent(job_id=job["id"], event="metrics",
+                                                                         step=7, data=data))  # fmt: skip
+        await streams.redis.aclose()
+
+    asyncio.run(publish())
+    wait_until(lambda: api.client.get(f"/v1/jobs/{job['id']}").json()["step"] == 7, 10, "the step to be recorded")
+    assert api.client.get(f"/v1/jobs/{job['id']}").json()["metrics"] == {"reward_mean": 0.5}
+    assert api.client.get("/v1/jobs").status_code == 200
+    [seven] = [h for h in api.client.get(f"/v1/jobs/{job['id']}/metrics").json()["history"] if h["step"] == 7]
+    assert seven == {"step": 7, "loss": None, "kl": None, "reward_mean": 0.5}
     api.client.post(f"/v1/jobs/{job['id']}/cancel")

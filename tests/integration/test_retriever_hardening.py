@@ -167,3 +167,14 @@ def test_a_request_whose_client_went_away_stops_between_its_pieces(http: httpx.C
     time.sleep(alone * 1.5)  # long enough for all ten pieces, had they gone on
     assert batches_run() - before < 8, "the pieces after the client left were not run"
     assert http.post("/retrieve", json=GOOD).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "text", ['{"queries": ["a"], "topk": 1' + "0" * 4400 + "}", '{"queries": ' + "[" * 30_000 + "]" * 30_000 + "}"]
+)
+def test_unparseable_json_gets_a_400(http: httpx.Client, text: str) -> None:
+    """A 4,401-digit integer or nesting past Python's stack: FastAPI's own 400, not a 500."""
+    for path in ("/retrieve", "/v1/search"):
+        response = post_raw(http, path, text)
+        assert response.status_code == 400 and response.json()["detail"] == "There was an error parsing the body"
+    assert http.post("/retrieve", json=GOOD).status_code == 200

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy._core.multiarray import _reconstruct
 from transformers import AutoModelForCausalLM
 
 from services.contracts import JobSpec
@@ -94,7 +95,10 @@ class Collective:
         path, models = Path(folder), self.models
         dtype = next(models.policy.parameters()).dtype
         saved = AutoModelForCausalLM.from_pretrained(path / "policy", dtype=dtype)
-        state = torch.load(path / "trainer_state.pt", weights_only=False)
+        # weights_only: a checkpoint is data, never code; numpy's RNG state (an array) is all it holds beyond
+        # tensors and plain values.
+        with torch.serialization.safe_globals([_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]):
+            state = torch.load(path / "trainer_state.pt", weights_only=True)
         load_full_state(models, {"policy": saved.state_dict(), **state})
         models.scheduler.load_state_dict(state["scheduler"])
         if models.critic_scheduler is not None and state.get("critic_scheduler") is not None:

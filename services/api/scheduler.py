@@ -40,6 +40,7 @@ class Scheduler:
         for job in active:
             await self._follow_events(job)
             await self._check_launch(job)
+        self._cursors = {job.id: self._cursors[job.id] for job in active if job.id in self._cursors}  # ended: forgotten
         running = sum(1 for job in await self._refresh(active) if job.state in ACTIVE)
         for job_id in await self.store.queued():
             if running >= self.max_running:

@@ -144,6 +144,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         streams = Streams(connect(settings), settings)
         app.state.store = JobStore(streams)
+        await app.state.store.index_states()
         app.state.scheduler = Scheduler(
             app.state.store, build_launcher(settings), settings.max_running_jobs, settings.scheduler_interval_s
         )

@@ -1,10 +1,12 @@
 """The job store: jobs (trainings and evaluations) in Redis, with atomic state transitions and a FIFO admission
 queue.
 
-A job is a hash (`<prefix>:jobs:<id>`); `<prefix>:jobs:index` orders jobs by creation and `<prefix>:jobs:queue`
-holds the queued ones in arrival order. Job ids always end in `-<8 hex digits>`, so none can name the store's own
-keys. A record that cannot be decoded is quarantined (`<prefix>:jobs:quarantine`): out of the listing and the
-queue, logged and counted, kept for a person to inspect, so it cannot take listing or scheduling down.
+A job is a hash (`<prefix>:jobs:<id>`); `<prefix>:jobs:index` orders jobs by creation,
+`<prefix>:jobs:state:<STATE>` the jobs in each state (so a scheduler tick reads the active jobs, not every job ever
+run) and `<prefix>:jobs:queue` holds the queued ones in arrival order. Job ids always end in `-<8 hex digits>`, so
+none can name the store's own keys. A record that cannot be decoded is quarantined (`<prefix>:jobs:quarantine`):
+out of the listing and the queue, logged and counted, kept for a person to inspect, so it cannot take listing or
+scheduling down.
 
 Every state change is one Lua script that checks the current state, so two API replicas (or an API restart in
 the middle of a launch) can never move a job along an illegal edge.
@@ -39,8 +41,9 @@ ALLOWED: dict[JobState, set[JobState]] = {
     JobState.RUNNING: {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED},
 }
 
-# KEYS: job hash, queue.  ARGV: job id, new state, now, allowed current states (space separated), then
-# field/value pairs to set. Returns the previous state, or an error reply naming the refused edge.
+# KEYS: job hash, queue, the per-state indexes' key prefix (`...:jobs:state:`, + state).  ARGV: job id, new state,
+# now, allowed current states (space separated), then field/value pairs to set. Returns the previous state, or an
+# error reply naming the refused edge.
 _TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'state')
 if not current then return redis.error_reply('no such job ' .. ARGV[1]) end
@@ -51,6 +54,8 @@ end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'updated_at', ARGV[3])
 for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if current == 'QUEUED' then redis.call('LREM', KEYS[2], 0, ARGV[1]) end
+redis.call('ZREM', KEYS[3] .. current, ARGV[1])
+redis.call('ZADD', KEYS[3] .. ARGV[2], redis.call('HGET', KEYS[1], 'created_at'), ARGV[1])
 return current
 """
 
@@ -114,8 +119,8 @@ class JobRecord:
 
 
 def _kind(values: list[bytes | None]) -> str | None:
-    """A job's kind from HMGET state, kind, spec (records stored before `kind` had its field: the spec's)."""
-    _, kind, spec = values
+    """A job's kind from HMGET kind, spec (records stored before `kind` had its field: the spec's)."""
+    kind, spec = values
     if kind is not None:
         return kind.decode()
     try:
@@ -155,6 +160,8 @@ class JobStore:
         self._index = f"{prefix}:jobs:index"
         self._queue = f"{prefix}:jobs:queue"
         self._quarantine = f"{prefix}:jobs:quarantine"
+        self._by_state = f"{prefix}:jobs:state:"
+        self._indexed = f"{prefix}:jobs:state-indexed"  # set once the per-state indexes cover every job
         self._job_prefix = f"{prefix}:jobs:"
         self._transition = self.redis.register_script(_TRANSITION)
 
@@ -182,6 +189,7 @@ class JobStore:
                 },
             )
             pipe.zadd(self._index, {job_id: now})
+            pipe.zadd(self._by_state + JobState.QUEUED.value, {job_id: now})
             pipe.rpush(self._queue, job_id)
             await pipe.execute()
         await self.publish_event(JobEvent(job_id=job_id, event="state", state=JobState.QUEUED))
@@ -205,6 +213,8 @@ class JobStore:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.zadd(self._quarantine, {job_id: time.time()}, nx=True)
                 pipe.zrem(self._index, job_id)
+                for state in JobState:
+                    pipe.zrem(self._by_state + state.value, job_id)
                 pipe.lrem(self._queue, 0, job_id)
                 pipe.hset(self._key(job_id), "quarantined", reason)
                 added, *_ = await pipe.execute()
@@ -222,19 +232,15 @@ class JobStore:
         self, state: JobState | None = None, offset: int = 0, limit: int = 50, kind: str | None = None
     ) -> tuple[list[JobRecord], int]:
         """Newest first, optionally only one state and one kind (train, eval); returns (page, total matching).
-        Filters read two small fields per job; only the page's records are read whole."""
-        ids = [i.decode() for i in await self.redis.zrevrange(self._index, 0, -1)]
-        if state is not None or kind is not None:
+        A state reads its own index; a kind reads a small field of each job; only the page is read whole."""
+        index = self._index if state is None else self._by_state + state.value
+        ids = [i.decode() for i in await self.redis.zrevrange(index, 0, -1)]
+        if kind is not None:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for job_id in ids:
-                    pipe.hmget(self._key(job_id), ["state", "kind", "spec"] if kind else ["state"])
+                    pipe.hmget(self._key(job_id), ["kind", "spec"])
                 fields = await pipe.execute()
-            wanted = state.value.encode() if state else None
-            ids = [
-                job_id
-                for job_id, values in zip(ids, fields, strict=True)
-                if (wanted is None or values[0] == wanted) and (kind is None or _kind(values) == kind)
-            ]
+            ids = [job_id for job_id, values in zip(ids, fields, strict=True) if _kind(values) == kind]
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in ids[offset : offset + limit]:
                 pipe.hgetall(self._key(job_id))
@@ -243,13 +249,28 @@ class JobStore:
         return [record for record in page if record is not None], len(ids)
 
     async def counts(self) -> dict[JobState, int]:
-        """How many jobs are in each state (one small field read per job)."""
-        ids = await self.redis.zrange(self._index, 0, -1)
+        """How many jobs are in each state."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for state in JobState:
+                pipe.zcard(self._by_state + state.value)
+            return dict(zip(JobState, await pipe.execute(), strict=True))
+
+    async def index_states(self) -> None:
+        """Build the per-state indexes of a store written before they existed (once; later calls cost one read)."""
+        if await self.redis.exists(self._indexed):
+            return
+        ids = [i.decode() for i in await self.redis.zrange(self._index, 0, -1)]
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in ids:
-                pipe.hget(self._key(job_id.decode()), "state")
-            states = [state.decode() for state in await pipe.execute() if state]
-        return {state: states.count(state.value) for state in JobState}
+                pipe.hmget(self._key(job_id), ["state", "created_at"])
+            fields = await pipe.execute()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for job_id, (state, created_at) in zip(ids, fields, strict=True):
+                if state is not None:
+                    pipe.zadd(self._by_state + state.decode(), {job_id: float(created_at or 0)})
+            pipe.set(self._indexed, 1)
+            await pipe.execute()
+        log.info("indexed %d jobs by state", len(ids))
 
     async def queued(self) -> list[str]:
         return [i.decode() for i in await self.redis.lrange(self._queue, 0, -1)]
@@ -267,7 +288,7 @@ class JobStore:
         for key, value in fields.items():
             args += [key, json.dumps(value) if isinstance(value, dict) else str(value)]
         try:
-            previous = await self._transition(keys=[self._key(job_id), self._queue], args=args)
+            previous = await self._transition(keys=[self._key(job_id), self._queue, self._by_state], args=args)
         except aioredis.ResponseError as exc:
             text = str(exc)
             if text.startswith("no such job"):

@@ -190,3 +190,22 @@ def test_a_diverged_metric_is_reported_without_breaking_the_listing(api: ApiServ
     [seven] = [h for h in api.client.get(f"/v1/jobs/{job['id']}/metrics").json()["history"] if h["step"] == 7]
     assert seven == {"step": 7, "loss": None, "kl": None, "reward_mean": 0.5}
     api.client.post(f"/v1/jobs/{job['id']}/cancel")
+
+
+def test_a_store_written_before_the_state_indexes_is_indexed_at_startup(api: ApiServer) -> None:
+    """Jobs stored by an older build (no per-state index) keep being scheduled and listed by state."""
+    api.env["FAKE_LEARNER_STEP_S"] = "5"
+    api.restart()
+    prefix = api.env["SEARCHR1_KEY_PREFIX"]
+    running = api.client.post("/v1/jobs", json=tiny_job(name="old", total_steps=50)).json()
+    api.wait_state(running["id"], "RUNNING")
+    queued = api.client.post("/v1/jobs", json=tiny_job(name="waiting")).json()
+    api.stop()
+    keys = store_keys(api)
+    keys.delete(*keys.keys(f"{prefix}:jobs:state:*"), f"{prefix}:jobs:state-indexed")
+    api.start()
+    assert [j["id"] for j in api.client.get("/v1/jobs", params={"state": "QUEUED"}).json()["jobs"]] == [queued["id"]]
+    api.client.post(f"/v1/jobs/{running['id']}/cancel", json={})  # the scheduler sees it among the active jobs
+    api.wait_state(queued["id"], "SUCCEEDED")
+    assert api.client.get("/v1/jobs", params={"state": "CANCELLED"}).json()["total"] == 1
+    assert 'searchr1_jobs{state="SUCCEEDED"} 1.0' in httpx.get(api.url + "/metrics/").text

@@ -7,6 +7,7 @@ event. This module turns a request into that JobSpec and a job's record and even
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from pathlib import Path
@@ -205,14 +206,21 @@ def eval_spec(request: EvaluationRequest, model: str, sources: list[DataSource],
     )  # fmt: skip
 
 
+def _count(value: object) -> bool:
+    """Whether an event's value is a count (a learner's events are read, not trusted: NaN or text is not one)."""
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
 def view(job: JobRecord, events: list[JobEvent]) -> Evaluation:
     """The API's view of an evaluation job from its record and its events (progress, results)."""
     progress = results = None
     for event in events:
-        if event.event == "progress" and event.data.get("phase") == "eval":
-            progress = EvaluationProgress(done=int(event.data["done"]), total=int(event.data["total"]))
+        done, total = event.data.get("done"), event.data.get("total")
+        if event.event == "progress" and event.data.get("phase") == "eval" and _count(done) and _count(total):
+            progress = EvaluationProgress(done=int(done), total=int(total))
         elif event.event == "eval":
-            results = {key[len(EM_PREFIX) :]: float(v) for key, v in event.data.items() if key.startswith(EM_PREFIX)}
+            results = {key[len(EM_PREFIX) :]: float(v) for key, v in event.data.items()
+                       if key.startswith(EM_PREFIX) and isinstance(v, int | float)}  # fmt: skip
     datasets = [EvaluationDataset(name=s.label, path=s.path, limit=s.limit) for s in job.spec.data.eval]
     return Evaluation(
         id=job.id, name=job.spec.name, state=job.state, message=job.message, model=job.spec.model,

@@ -25,7 +25,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from services.contracts import JobEvent, JobSpec, JobState
+from services.contracts import ContractError, JobEvent, JobSpec, JobState
 from services.streams import Streams
 from services.telemetry import counter
 
@@ -116,6 +116,15 @@ class JobRecord:
             "metrics": self.metrics,
             "spec": self.spec.model_dump(mode="json"),
         }
+
+
+def _event(job_id: str, fields: dict[bytes, bytes]) -> JobEvent:
+    """A stream entry as an event; one that cannot be decoded becomes a log event saying so, so that it neither
+    fails every reader of the job's events (listings, the scheduler's tick) nor stops their cursors."""
+    try:
+        return JobEvent.from_wire(fields[b"d"])
+    except (ContractError, KeyError) as exc:
+        return JobEvent(job_id=job_id, event="log", message=f"an undecodable event was skipped: {str(exc)[:300]}")
 
 
 def _kind(values: list[bytes | None]) -> str | None:
@@ -322,4 +331,4 @@ class JobStore:
         else:
             response = await self.redis.xread({stream: after}, block=block_ms, count=500)
             rows = response[0][1] if response else []
-        return [(entry_id.decode(), JobEvent.from_wire(fields[b"d"])) for entry_id, fields in rows]
+        return [(entry_id.decode(), _event(job_id, fields)) for entry_id, fields in rows]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import httpx
 import pytest
@@ -209,3 +210,36 @@ def test_a_store_written_before_the_state_indexes_is_indexed_at_startup(api: Api
     api.wait_state(queued["id"], "SUCCEEDED")
     assert api.client.get("/v1/jobs", params={"state": "CANCELLED"}).json()["total"] == 1
     assert 'searchr1_jobs{state="SUCCEEDED"} 1.0' in httpx.get(api.url + "/metrics/").text
+
+
+def test_poison_events_neither_stall_the_scheduler_nor_break_listings(api: ApiServer, tmp_path: Path) -> None:
+    api.env["FAKE_LEARNER_STEP_S"] = "1"
+    api.restart()
+    prefix = api.env["SEARCHR1_KEY_PREFIX"]
+    job = api.client.post("/v1/jobs", json=tiny_job(total_steps=3)).json()
+    questions = tmp_path / "mine.jsonl"
+    questions.write_text('{"id": "1", "question": "q?", "golden_answers": ["a"], "source": "t"}\n')
+    evaluation = api.client.post("/v1/evaluations", json={"model": TINY_QWEN2, "paths": [str(questions)]}).json()
+    keys = store_keys(api)
+    for target in (job["id"], evaluation["id"]):
+        keys.xadd(f"{prefix}:job:{target}:events", {b"k": b"job_event", b"d": b"\x93broken"})
+        keys.xadd(f"{prefix}:job:{target}:events", {b"other": b"field"})
+    settings = Settings(redis_url=api.env["SEARCHR1_REDIS_URL"], key_prefix=prefix)
+
+    async def publish() -> None:  # well-formed events with values a view cannot use
+        streams = Streams(connect(settings), settings)
+        stream = streams.job(evaluation["id"], "events")
+        bad = {"phase": "eval", "done": float("nan"), "total": "many"}
+        await streams.publish(stream, JobEvent(job_id=evaluation["id"], event="progress", data=bad))
+        await streams.publish(stream, JobEvent(job_id=evaluation["id"], event="eval", data={"eval_em/t": "high"}))
+        await streams.redis.aclose()
+
+    asyncio.run(publish())
+    assert api.client.get("/v1/evaluations").status_code == 200
+    assert api.client.get(f"/v1/evaluations/{evaluation['id']}").status_code == 200
+    api.wait_state(job["id"], "SUCCEEDED")  # the scheduler read past the poison
+    api.wait_state(evaluation["id"], "SUCCEEDED")
+    done = api.client.get(f"/v1/evaluations/{evaluation['id']}").json()
+    assert done["results"] == {"mine": 1.0} and done["progress"] == {"done": 1, "total": 1}
+    sse = api.client.get(f"/v1/jobs/{job['id']}/events", params={"follow": False}).text
+    assert sse.count("an undecodable event was skipped") == 2 and '"state":"SUCCEEDED"' in sse

@@ -1,6 +1,6 @@
-"""Property tests: JobSpec submissions and retriever requests built from arbitrary JSON (non-finite and huge
-numbers, lone surrogates, wrong types, nesting) sent to the real services never get a 5xx, and the job store
-stays readable whatever was accepted."""
+"""Property tests: job submissions, evaluation requests and retriever requests built from arbitrary JSON
+(non-finite and huge numbers, lone surrogates, wrong types, nesting) sent to the real services never get a 5xx,
+and the job store stays readable whatever was accepted."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from services.contracts import (
     RolloutConfig,
     ScheduleConfig,
 )
+from services.models import TINY_QWEN2
 
 pytestmark = pytest.mark.slow
 
@@ -71,6 +72,20 @@ SUBMISSIONS = st.one_of(
 )  # fmt: skip
 
 
+EVALUATIONS = st.one_of(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "model": st.one_of(st.just(TINY_QWEN2), JSON), "job_id": st.one_of(TEXT, JSON),
+            "step": st.one_of(st.integers(), JSON), "limit": st.one_of(st.integers(), JSON),
+            "datasets": st.one_of(st.lists(st.sampled_from(["nq", "bamboogle", "mine"]), max_size=3), JSON),
+            "paths": st.one_of(st.lists(TEXT, max_size=3), JSON), "rollout": section(RolloutConfig), "name": JSON,
+        },
+    ),
+    JSON,
+)  # fmt: skip
+
+
 def test_job_submissions_never_get_a_5xx_and_the_store_stays_readable(api: ApiServer) -> None:
     api.env["FAKE_LEARNER_EXIT"] = "3"  # learners of accepted jobs exit at once
     api.restart()
@@ -86,6 +101,16 @@ def test_job_submissions_never_get_a_5xx_and_the_store_stays_readable(api: ApiSe
 
     check()
     assert statuses == {201, 422}, "both accepted and refused specs were generated"
+
+    @given(body=EVALUATIONS)
+    @settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    def check_evaluation(body: object) -> None:
+        response = api.client.post(
+            "/v1/evaluations", content=json.dumps(body), headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code in (201, 404, 422), (response.status_code, response.text[:500])
+
+    check_evaluation()
     listing = api.client.get("/v1/jobs", params={"limit": 500})
     assert listing.status_code == 200 and listing.json()["quarantined"] == 0
     for job in listing.json()["jobs"]:

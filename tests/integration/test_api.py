@@ -62,14 +62,15 @@ def test_jobs_that_cannot_run_here_are_refused_at_submission(api: ApiServer, tmp
     unplaceable = refused("paper-grpo", model=TINY_QWEN2)
     assert "the learner asks for 8 GPU(s) and 8 CPU(s) on 1 node(s)" in unplaceable
     assert "this platform has 0 GPU(s) and 1 CPU(s) for learners" in unplaceable and "cpu-small" in unplaceable
-    typo = refused("cpu-small", model="smollm2-135m-instruc", data={"train": [{"path": "train.jsonl"}]})
+    mine = {"train": [{"path": "train.jsonl"}], "eval": []}  # in place of the demo's files the preset names
+    typo = refused("cpu-small", model="smollm2-135m-instruc", data=mine)
     assert typo.startswith("JobSpec.model: 'smollm2-135m-instruc' is not an offline registry name (the closest is "
                            "'smollm2-135m-instruct'")  # fmt: skip
     missing = refused("cpu-small", data={"train": [{"path": "train.jsonl"}], "eval": [{"path": "nope.jsonl"}]})
     assert missing == f"JobSpec.data.eval.0.path: no such file {tmp_path / 'nope.jsonl'}", "read from the data dir"
     assert api.client.get("/v1/jobs").json()["total"] == 0, "a refused job is not stored"
-    hub_data = {"train": [{"path": "PeterJinGo/nq_hotpotqa_train", "format": "hf"}]}
-    for fits in ({"data": {"train": [{"path": "train.jsonl"}]}}, {"model": "Qwen/Qwen2.5-0.5B", "data": hub_data}):
+    hub_data = {"train": [{"path": "PeterJinGo/nq_hotpotqa_train", "format": "hf"}], "eval": []}
+    for fits in ({"data": mine}, {"model": "Qwen/Qwen2.5-0.5B", "data": hub_data}):
         response = api.client.post("/v1/jobs", json={"preset": "cpu-small", "overrides": fits})
         assert response.status_code == 201, response.text  # hub ids are the learner's to fetch
     evaluation = api.client.post("/v1/evaluations", json={"model": "smollm2-135m-instruc", "datasets": ["nq"]})

@@ -114,7 +114,7 @@ def demo_job(data: DemoData, steps: int, model: str = DEMO_MODEL, time_limit_s: 
         "name": "demo-grpo",
         "model": model,
         "algorithm": {
-            "name": "grpo", "group_size": 6, "prompts_per_step": 6, "mini_batch_size": 36, "micro_batch_size": 4,
+            "name": "grpo", "group_size": 6, "prompts_per_step": 6, "mini_batch_size": 18, "micro_batch_size": 6,
             "actor_lr": 3e-5, "actor_warmup_ratio": 0.0, "kl_coef": 0.0, "entropy_coef": 0.0,
         },
         "data": {

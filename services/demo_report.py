@@ -23,7 +23,8 @@ def quarter_means(values: list[float]) -> tuple[float, float]:
 
 def build_report(metrics: list[dict[str, Any]], evals: list[dict[str, Any]], wall_seconds: float) -> dict[str, Any]:
     """The figures of a run: per eval set EM before/after (with and without search) and valid-action rates; the
-    steps, the wall time and the reward's mean over the first and the last quarter of steps."""
+    steps, the wall time and the reward's mean over the first and the last quarter of steps; every step's metrics
+    and every eval as the job reported them."""
     rewards = [float(m["reward_mean"]) for m in metrics]
     first_quarter, last_quarter = quarter_means(rewards)
     report: dict[str, Any] = {
@@ -32,6 +33,8 @@ def build_report(metrics: list[dict[str, Any]], evals: list[dict[str, Any]], wal
         "reward_first_quarter": first_quarter,
         "reward_last_quarter": last_quarter,
         "eval_sets": {},
+        "per_step": metrics,
+        "evals": evals,
     }
     if not evals:
         return report
@@ -91,7 +94,7 @@ def plot(metrics: list[dict[str, Any]], evals: list[dict[str, Any]], path: Path,
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    figure, axis = plt.subplots(figsize=(8, 4.5))
+    figure, axis = plt.subplots(figsize=(10, 4.8))
     if metrics:
         steps = [int(m["step"]) for m in metrics]
         rewards = [float(m["reward_mean"]) for m in metrics]
@@ -111,7 +114,7 @@ def plot(metrics: list[dict[str, Any]], evals: list[dict[str, Any]], path: Path,
     axis.set_ylabel("share / mean")
     axis.set_title(title)
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8, loc="upper left")
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

@@ -57,6 +57,9 @@ class ApiSettings(Settings):
     scheduler_interval_s: float = Field(1.0, gt=0)
     max_body_bytes: int = Field(1_048_576, ge=1024, description="larger request bodies are answered 413")
     max_event_followers: int = Field(64, ge=1, description="event streams followed at once (each holds a Redis call)")
+    job_retention_s: float | None = Field(
+        None, gt=0, description="ended jobs created longer ago are deleted with their streams; None = kept forever"
+    )
     shared_data_dir: Path = Field(
         SHARED_DATA_DIR, description="the data kit whose eval/ sets evaluations name, as the learners see it"
     )
@@ -146,8 +149,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
         app.state.store = JobStore(streams)
         await app.state.store.index_states()
         app.state.scheduler = Scheduler(
-            app.state.store, build_launcher(settings), settings.max_running_jobs, settings.scheduler_interval_s
-        )
+            app.state.store, build_launcher(settings), settings.max_running_jobs, settings.scheduler_interval_s,
+            settings.job_retention_s,
+        )  # fmt: skip
         app.state.scheduler.start()
         if settings.api_token is None:
             log.warning("SEARCHR1_API_TOKEN is not set: the jobs API accepts unauthenticated requests")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from services.contracts import JobState
 from services.telemetry import gauge
@@ -24,13 +25,21 @@ ACTIVE = (JobState.STARTING, JobState.RUNNING)
 
 
 class Scheduler:
-    def __init__(self, store: JobStore, launcher: Launcher, max_running: int = 1, interval_s: float = 1.0):
+    def __init__(
+        self,
+        store: JobStore,
+        launcher: Launcher,
+        max_running: int = 1,
+        interval_s: float = 1.0,
+        retention_s: float | None = None,
+    ):
         if max_running < 1:
             raise ValueError("max_running must be at least 1")
         self.store = store
         self.launcher = launcher
         self.max_running = max_running
         self.interval_s = interval_s
+        self.retention_s = retention_s  # ended jobs created longer ago are deleted; None: kept
         self._cursors: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -47,6 +56,11 @@ class Scheduler:
                 break
             if await self._admit(job_id):
                 running += 1
+        if self.retention_s is not None:
+            expired = await self.store.expire(time.time() - self.retention_s)
+            if expired:
+                log.info("deleted %d ended jobs past the retention of %g s: %s", len(expired), self.retention_s,
+                         ", ".join(expired[:10]))  # fmt: skip
         await self._export_counts()
 
     async def cancel(self, job_id: str) -> JobRecord:

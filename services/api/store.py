@@ -264,6 +264,25 @@ class JobStore:
                 pipe.zcard(self._by_state + state.value)
             return dict(zip(JobState, await pipe.execute(), strict=True))
 
+    async def expire(self, created_before: float) -> list[str]:
+        """Delete the jobs that ended and were created before `created_before` (epoch seconds), with their
+        streams; returns their ids."""
+        ids = []
+        for state in JobState:
+            if state.terminal:
+                ended = await self.redis.zrangebyscore(self._by_state + state.value, "-inf", created_before)
+                ids += [job_id.decode() for job_id in ended]
+        if ids:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for job_id in ids:
+                    streams = [self.streams.job(job_id, channel) for channel in ("events", "scored", "weights")]
+                    pipe.delete(self._key(job_id), *streams)
+                    pipe.zrem(self._index, job_id)
+                    for state in JobState:
+                        pipe.zrem(self._by_state + state.value, job_id)
+                await pipe.execute()
+        return ids
+
     async def index_states(self) -> None:
         """Build the per-state indexes of a store written before they existed (once; later calls cost one read)."""
         if await self.redis.exists(self._indexed):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -243,3 +244,20 @@ def test_poison_events_neither_stall_the_scheduler_nor_break_listings(api: ApiSe
     assert done["results"] == {"mine": 1.0} and done["progress"] == {"done": 1, "total": 1}
     sse = api.client.get(f"/v1/jobs/{job['id']}/events", params={"follow": False}).text
     assert sse.count("an undecodable event was skipped") == 2 and '"state":"SUCCEEDED"' in sse
+
+
+def test_ended_jobs_past_the_retention_are_deleted_with_their_streams(api: ApiServer) -> None:
+    api.env.update(SEARCHR1_JOB_RETENTION_S="4", FAKE_LEARNER_STEP_S="2")
+    api.restart()
+    prefix = api.env["SEARCHR1_KEY_PREFIX"]
+    done = api.client.post("/v1/jobs", json=tiny_job(name="short")).json()
+    api.wait_state(done["id"], "SUCCEEDED")
+    running = api.client.post("/v1/jobs", json=tiny_job(name="long", total_steps=50)).json()
+    api.wait_state(running["id"], "RUNNING")
+    keys = store_keys(api)
+    assert keys.exists(f"{prefix}:job:{done['id']}:events")
+    wait_until(lambda: api.client.get(f"/v1/jobs/{done['id']}").status_code == 404, 15, "the ended job to expire")
+    assert not keys.exists(f"{prefix}:jobs:{done['id']}", f"{prefix}:job:{done['id']}:events")
+    time.sleep(4)  # the running job is past the retention too, but it has not ended
+    assert [job["id"] for job in api.client.get("/v1/jobs").json()["jobs"]] == [running["id"]]
+    api.client.post(f"/v1/jobs/{running['id']}/cancel")

@@ -139,7 +139,8 @@ class Learner:
         self, examples: list[Example], n: int, sampling: SamplingParams, is_eval: bool, search_enabled: bool = True
     ) -> list[RolloutRequest]:
         rollout, tokenizer = self.spec.rollout, self.ctx.tokenizer
-        reward = RewardConfig(kind="em") if is_eval else self.spec.reward
+        # Evals score greedy EM, in the job's compat mode (the reference's EM reads prompt + response).
+        reward = RewardConfig(kind="em", compat=self.spec.reward.compat) if is_eval else self.spec.reward
         prefix = np.asarray(build_turn_prefix_ids(tokenizer, rollout.prompt_style), dtype=np.int32)
         return [
             RolloutRequest(

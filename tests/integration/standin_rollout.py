@@ -98,6 +98,8 @@ class StandinRollout:
             loss_mask=np.asarray(mask, dtype=np.uint8), logprobs=logprobs,
             version_spans=[VersionSpan(start=0, end=len(response), version=policy.version)],
             response_text=self.tokenizer.decode(response, skip_special_tokens=False),
+            prompt_text=self.tokenizer.decode(request.prompt_ids, skip_special_tokens=False)
+            if request.reward.compat == "reference" else "",
             golden_answers=request.golden_answers, data_source=request.data_source, turns=1 + index % 2,
             searches=index % 2, valid_actions=1 + index % 2, finished=True, reward=request.reward,
             is_eval=request.is_eval,

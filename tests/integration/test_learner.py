@@ -218,6 +218,23 @@ def test_ppo_job_trains_with_a_critic(learner_env: Settings, tiers: Tiers, tmp_p
     assert [w.version for w in announced(learner_env, "ppo-job")] == [1]
 
 
+def test_a_reference_compat_job_is_scored_by_the_reference_rules_in_training_and_eval(
+    learner_env: Settings, tiers: Tiers, tmp_path: Path
+) -> None:
+    """`reward.compat: reference` reaches the rollout tier for training and eval requests, whose trajectories
+    carry the prompt's text; the reward tier scores prompt + response (our prompt holds two answer blocks, so
+    the response's answer is the last: EM as ours, 0.5 in training and 1.0 in greedy eval)."""
+    spec = {**job_spec("grpo", total_steps=1, eval_questions=2), "reward": {"kind": "em", "compat": "reference"}}
+    assert run_job(spec, "compat-job", tmp_path / "out") == 0
+    found = events(learner_env, "compat-job")
+    assert [e.state for e in of_kind(found, "state")] == [JobState.RUNNING, JobState.SUCCEEDED]
+    assert_step_metrics(of_kind(found, "metrics"), [1], trajectories=4)
+    assert all(e.data[f"eval_em/{EVAL_DATASET}"] == 1.0 for e in of_kind(found, "eval"))
+    assert tiers.rollout is not None
+    requests = [r for r in tiers.rollout.requests if r.job_id == "compat-job"]
+    assert {(r.is_eval, r.reward.compat) for r in requests} == {(False, "reference"), (True, "reference")}
+
+
 def test_missing_trajectories_fail_the_job_with_a_clear_timeout(learner_env: Settings, tmp_path: Path) -> None:
     spec = job_spec("grpo", total_steps=1)
     spec["rollout"]["request_timeout_s"] = 0.3  # no rollout tier runs: give up after 0.9 s

@@ -888,3 +888,5 @@ def test_network_policies_deny_by_default_and_open_no_door_to_every_pod() -> Non
     assert kube_api["podSelector"]["matchExpressions"][0]["values"] == ["api", "rollout"]
     offline = find(documents(render({"networkPolicy": {"egressTo": []}})), "NetworkPolicy", f"{FULLNAME}-egress")
     assert len(offline[0]["spec"]["egress"]) == 2, "egressTo: [] leaves DNS and the release's own pods"
+    external = one(scenario_docs("external-services"), "NetworkPolicy", f"{FULLNAME}-egress")["spec"]["egress"]
+    assert {"ports": [{"port": 6380}]} in external, "pods reach the external Redis on its port"

@@ -247,17 +247,16 @@ def test_poison_events_neither_stall_the_scheduler_nor_break_listings(api: ApiSe
 
 
 def test_ended_jobs_past_the_retention_are_deleted_with_their_streams(api: ApiServer) -> None:
-    api.env.update(SEARCHR1_JOB_RETENTION_S="4", FAKE_LEARNER_STEP_S="2")
+    api.env.update(SEARCHR1_JOB_RETENTION_S="8", FAKE_LEARNER_STEP_S="1")
     api.restart()
     prefix = api.env["SEARCHR1_KEY_PREFIX"]
+    keys = store_keys(api)
     done = api.client.post("/v1/jobs", json=tiny_job(name="short")).json()
     api.wait_state(done["id"], "SUCCEEDED")
-    running = api.client.post("/v1/jobs", json=tiny_job(name="long", total_steps=50)).json()
-    api.wait_state(running["id"], "RUNNING")
-    keys = store_keys(api)
-    assert keys.exists(f"{prefix}:job:{done['id']}:events")
-    wait_until(lambda: api.client.get(f"/v1/jobs/{done['id']}").status_code == 404, 15, "the ended job to expire")
+    assert keys.exists(f"{prefix}:job:{done['id']}:events"), "kept while younger than the retention"
+    running = api.client.post("/v1/jobs", json=tiny_job(name="long", total_steps=100)).json()
+    wait_until(lambda: api.client.get(f"/v1/jobs/{done['id']}").status_code == 404, 20, "the ended job to expire")
     assert not keys.exists(f"{prefix}:jobs:{done['id']}", f"{prefix}:job:{done['id']}:events")
-    time.sleep(4)  # the running job is past the retention too, but it has not ended
-    assert [job["id"] for job in api.client.get("/v1/jobs").json()["jobs"]] == [running["id"]]
+    time.sleep(max(0.0, running["created_at"] + 10 - time.time()))  # the running one is past the retention too
+    assert [job["id"] for job in api.client.get("/v1/jobs").json()["jobs"]] == [running["id"]], "it has not ended"
     api.client.post(f"/v1/jobs/{running['id']}/cancel")

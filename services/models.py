@@ -232,8 +232,11 @@ def build_tiny_tokenizer(vocab_size: int = 1024):
     return fast
 
 
-def build_tiny_random_qwen2(dest: str | Path, seed: int = 0, hidden_size: int = 128, layers: int = 2) -> Path:
-    """Write a tiny random Qwen2 model and its tokenizer to `dest` (float32 safetensors)."""
+def build_tiny_random_qwen2(
+    dest: str | Path, seed: int = 0, hidden_size: int = 128, layers: int = 2, tied: bool = False
+) -> Path:
+    """Write a tiny random Qwen2 model and its tokenizer to `dest` (float32 safetensors); `tied`: the LM head is
+    the input embedding, as in SmolLM2 (the checkpoint then holds no `lm_head.weight`)."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
@@ -250,7 +253,7 @@ def build_tiny_random_qwen2(dest: str | Path, seed: int = 0, hidden_size: int = 
         num_attention_heads=hidden_size // 32,  # head_dim 32: a size vLLM's CPU attention supports
         num_key_value_heads=max(1, hidden_size // 64),
         max_position_embeddings=4096,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tied,
         eos_token_id=eos,
         pad_token_id=pad,
         bos_token_id=None,

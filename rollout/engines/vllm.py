@@ -5,8 +5,9 @@ logprob (`logprobs=0`). Stop strings are kept in the output (`include_stop_str_i
 decoded with special tokens included, so tags that are special tokens in a tokenizer still stop generation.
 
 Weight reload: `Engine.load_weights` drains (or aborts and re-runs) in-flight requests, then this engine
-reloads the safetensors folder in place in every worker (`reload_weights` over `collective_rpc`) and resets
-the prefix cache, whose KV blocks were computed by the old weights.
+reloads the safetensors folder in place in every worker (`PolicyReload.reload_policy` over `collective_rpc`,
+which also keeps tied LM heads right: rollout/engines/vllm_worker.py) and resets the prefix cache, whose KV blocks
+were computed by the old weights.
 
 The engine core runs in a spawned subprocess: scripts that build a VLLMEngine need `if __name__ == "__main__":`.
 An engine serves requests on one event loop (vLLM's output handler task lives on the first loop that uses it).
@@ -64,6 +65,7 @@ class VLLMEngine(Engine):
             "logprobs_mode": _LOGPROBS_MODES[logprobs_mode],
             "enable_prefix_caching": enable_prefix_caching,
             "disable_log_stats": True,
+            "worker_extension_cls": "rollout.engines.vllm_worker.PolicyReload",
         }
         if max_num_seqs is not None:
             args["max_num_seqs"] = max_num_seqs
@@ -136,7 +138,7 @@ class VLLMEngine(Engine):
 
     async def _load(self, path: Path) -> None:
         started = time.perf_counter()
-        await self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(path)})
+        await self.llm.collective_rpc("reload_policy", kwargs={"weights_path": str(path)})
         if not await self.llm.reset_prefix_cache():
             log.warning("vLLM could not reset its prefix cache after loading %s; cached KV may be stale", path)
         log.info("vLLM engine reloaded weights from %s in %.2f s", path, time.perf_counter() - started)

@@ -404,6 +404,42 @@ def test_vllm_reload_past_the_drain_timeout_aborts_and_reruns_on_the_new_weights
         assert tokenizer.decode(result.token_ids[:3], skip_special_tokens=False) == SEARCH_TURN
 
 
+def test_vllm_reload_of_a_tied_lm_head_serves_the_new_policy_quietly(
+    loop: LoopThread, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+):
+    """SmolLM2's LM head is its input embedding: vLLM's in-place reload used to leave the head at the old weights
+    (new embedding, old head) and warn `ParallelLMHead: Failed to load weights` on every update."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rollout.engines.vllm import VLLMEngine
+
+    base = build_tiny_random_qwen2(tmp_path / "base", seed=0, tied=True)
+    updated = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    torch.manual_seed(1)
+    with torch.no_grad():  # a new embedding, and so a new head
+        embedding = updated.model.embed_tokens.weight
+        embedding.add_(torch.randn_like(embedding) * embedding.std())
+    updated.save_pretrained(tmp_path / "updated")
+    AutoTokenizer.from_pretrained(base).save_pretrained(tmp_path / "updated")
+    reference = {"base": AutoModelForCausalLM.from_pretrained(base).eval(), "updated": updated}
+    prompt = chat_prompt(AutoTokenizer.from_pretrained(base))
+    engine = loop.run(VLLMEngine.create(str(base), dtype="float32", max_model_len=1024, enforce_eager=True), 300)
+    try:
+        # and back: on the second reload the tie is already gone from vLLM's view
+        for step, (name, path) in enumerate([("base", base), ("updated", tmp_path / "updated"), ("base", base)]):
+            if step:
+                loop.run(swap_weights(engine, path))
+            result = loop.run(engine.generate(prompt, GREEDY, (), 12))
+            for model, served in reference.items():  # the loaded policy's logprobs, and not the other's
+                expected = recomputed_logprobs(served, prompt, result.token_ids)
+                assert np.allclose(result.logprobs, expected, atol=1e-3) == (model == name), (step, model)
+    finally:
+        engine.shutdown()
+    logged = "".join(capfd.readouterr())
+    assert "Failed to load weights" not in logged, "the expected reload warnings are filtered"
+
+
 def test_vllm_agent_episodes_end_to_end(
     loop: LoopThread, vllm_engine: Any, tokenizer: Any, programmed_model: Path, retriever_server: dict[str, Any]
 ):

@@ -97,7 +97,7 @@ def test_jobs_commands_drive_the_api(api, monkeypatch, capsys, tmp_path: Path) -
     assert main(["train", "--model", "Qwen/Qwen2.5-7B", "--algo", "grpo", "--set", "schedule.total_steps=1"]) == 0
     assert main(["jobs", "list"]) == 0
     listed = capsys.readouterr().out
-    assert "from-file-" in listed and "paper-grpo-" in listed
+    assert "from-file-" in listed and "reference-v02-grpo-" in listed, "paper-grpo names the v0.2 scripts it reproduces"
 
     assert main(["jobs", "submit", "--preset", "paper-ppo", "--set", "algorithm.clip_eps=7"]) == 1
     assert "JobSpec.algorithm.ppo.clip_eps" in capsys.readouterr().err

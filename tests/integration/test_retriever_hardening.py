@@ -155,17 +155,21 @@ def batches_run() -> float:
 
 
 def test_a_request_whose_client_went_away_stops_between_its_pieces(http: httpx.Client) -> None:
-    body = {"queries": [f"roman film {i}" for i in range(160)], "topk": 3}  # ten pieces
+    """Twenty-five pieces; the client leaves after a fifth of the time they take. The server notices within its check
+    interval (250 ms), so what ran is about a fifth of the pieces plus that interval's worth, never all of them:
+    the bound is a share of the pieces, so it holds on a slow or busy machine too."""
+    pieces = 25  # of 16 queries each, within the module's limits on queries, characters and results
+    body = {"queries": [f"film {i}" for i in range(16 * pieces)], "topk": 1}
     before = batches_run()
     started = time.perf_counter()
     assert http.post("/v1/search", json=body).status_code == 200
     alone = time.perf_counter() - started
-    assert batches_run() - before == 10
+    assert batches_run() - before == pieces
     before = batches_run()
     with pytest.raises(httpx.ReadTimeout):
         http.post("/v1/search", json=body, timeout=alone / 5)
-    time.sleep(alone * 1.5)  # long enough for all ten pieces, had they gone on
-    assert batches_run() - before < 8, "the pieces after the client left were not run"
+    time.sleep(alone * 1.5)  # long enough for all the pieces, had they gone on
+    assert batches_run() - before < pieces * 0.75, "the pieces after the client left were not run"
     assert http.post("/retrieve", json=GOOD).status_code == 200
 
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from bench.qa import ROOT, answer_recall, corpus_subset, load_questions, require_shared_data
 from retriever.schemas import RetrieveRequest
-from services.redis_server import free_port
+from searchr1.redis_server import free_port
 
 WORK = ROOT / "var" / "bench-retriever"
 CONFIGS = [(1, 1), (16, 1), (64, 1), (1, 64), (16, 64)]  # (concurrent clients, queries per request)

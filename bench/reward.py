@@ -19,9 +19,9 @@ import uuid
 import numpy as np
 
 from reward.worker import score_trajectory
+from searchr1.redis_server import DEFAULT_URL, PrivateRedis, answers
 from services.config import Settings
 from services.contracts import RewardConfig, Trajectory
-from services.redis_server import DEFAULT_URL, PrivateRedis, answers
 from services.streams import Streams, connect
 
 RESPONSE_TOKENS = 1024

@@ -31,8 +31,8 @@ from bench.retriever import start_server, stop_server
 from rollout.agent import Agent, AgentConfig, HFTextCodec
 from rollout.engines.base import Engine, GenerationResult
 from rollout.retrieval_client import BatchingRetriever, HTTPRetriever
+from searchr1.redis_server import free_port
 from services.contracts import RolloutRequest, SamplingParams, Trajectory
-from services.redis_server import free_port
 
 if TYPE_CHECKING:
     from rollout.engines.vllm import VLLMEngine

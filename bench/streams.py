@@ -24,9 +24,9 @@ from urllib.parse import urlparse
 import numpy as np
 import redis
 
+from searchr1.redis_server import DEFAULT_URL, PrivateRedis, answers
 from services.config import Settings
 from services.contracts import Trajectory, VersionSpan
-from services.redis_server import DEFAULT_URL, PrivateRedis, answers
 from services.streams import Streams, connect
 
 GROUP = "bench"

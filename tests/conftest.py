@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from searchr1.redis_server import DEFAULT_URL, PrivateRedis, answers
 from services.config import Settings
-from services.redis_server import DEFAULT_URL, PrivateRedis, answers
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -6,19 +6,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from services.contracts import JobState
-from services.processes import group_alive, pid_alive
+from services.processes import pid_alive, stop_group
 
 from .admission import Capacity
 from .store import JobRecord
@@ -109,14 +106,6 @@ class LocalLauncher:
         if not pid:
             return
         process = self._children.pop(job.id, None)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and group_alive(pid):
-            if process is not None:
-                process.poll()
-            await asyncio.sleep(0.1)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
+        await asyncio.to_thread(stop_group, pid, 10.0, process.poll if process is not None else None)
         if process is not None:
             process.wait()

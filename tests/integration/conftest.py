@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from support import TOKEN, ApiServer
 
-from services.redis_server import free_port
+from searchr1.redis_server import free_port
 
 HERE = Path(__file__).resolve().parent
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from support import TOKEN
 
-from services.cli import main
+from searchr1.cli import main
 from services.config import Settings
 from services.contracts import JobEvent
 from services.models import TINY_QWEN2

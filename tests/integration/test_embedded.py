@@ -11,9 +11,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from services.embedded import EmbeddedPlatform, PlatformConfig, PlatformError, ServiceSpec, platform_specs
+from searchr1.embedded import EmbeddedPlatform, PlatformConfig, PlatformError, ServiceSpec, platform_specs
+from searchr1.redis_server import free_port
 from services.processes import group_alive
-from services.redis_server import free_port
 
 
 def test_up_health_checks_and_down_stops_only_what_it_started(worker_env, tmp_path: Path) -> None:

@@ -32,9 +32,9 @@ from programmed_model import program_model
 from retriever_testkit import corpus_lines, needs_corpus, write_corpus
 from support import wait_until
 
+from searchr1.redis_server import free_port
 from services.api.client import JobsClient
 from services.models import build_tiny_random_qwen2
-from services.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -58,7 +58,7 @@ class LivePlatform:
     processes: set[int] = field(default_factory=set)  # every process of the platform while it ran
 
     def cli(self, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "services.cli", *args]
+        command = [sys.executable, "-m", "searchr1.cli", *args]
         return subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=timeout_s, cwd=ROOT)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from services.redis_server import PrivateRedis, answers
+from searchr1.redis_server import PrivateRedis, answers
 
 
 def test_private_redis_starts_serves_streams_and_stops() -> None:

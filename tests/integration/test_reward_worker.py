@@ -15,9 +15,9 @@ import redis
 from support import wait_until
 
 from reward.worker import RewardSettings, build_worker
+from searchr1.redis_server import free_port
 from services.config import Settings
 from services.contracts import RewardConfig, ScoredTrajectory, Trajectory
-from services.redis_server import free_port
 from services.streams import DATA_FIELD, KIND_FIELD, Streams, connect
 
 CASES = [  # (response, golds, kind, expected reward)

@@ -14,9 +14,9 @@ from support import fake_retriever, wait_until
 
 from rollout.serve import build_app
 from rollout.worker import RolloutSettings
+from searchr1.redis_server import free_port
 from services.config import Settings
 from services.contracts import RolloutRequest, SamplingParams, Trajectory
-from services.redis_server import free_port
 from services.streams import Streams, connect
 
 DOCS = [("1", '"Paris"\nParis is the capital of France.')]

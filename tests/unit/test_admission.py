@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from searchr1.embedded import PlatformConfig, platform_specs
 from services.api.admission import Capacity, admit, data_problems, machine_gpus, resource_problem
 from services.api.app import ApiSettings, build_launcher
 from services.contracts import ContractError, JobSpec
-from services.embedded import PlatformConfig, platform_specs
 
 
 def test_the_embedded_platform_tells_its_api_what_learners_can_have(

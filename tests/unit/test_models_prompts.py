@@ -11,6 +11,7 @@ import pytest
 
 from reward.scoring import check_format, extract_answer
 from rollout.agent import HFTextCodec, parse_action
+from searchr1.redis_server import free_port
 from services.models import (
     SMOLLM2,
     TAG_TOKENS,
@@ -33,7 +34,6 @@ from services.prompts import (
     render_prompt,
     turn_prefix,
 )
-from services.redis_server import free_port
 
 
 @pytest.fixture(scope="module")

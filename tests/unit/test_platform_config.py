@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.cli import _platform_config, build_parser, main
-from services.embedded import PlatformConfig, platform_specs, write_prometheus_config
+from searchr1.cli import _platform_config, build_parser, main
+from searchr1.embedded import PlatformConfig, platform_specs, write_prometheus_config
 
 
 def test_ports_move_with_port_options(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import sys
 import httpx
 import pytest
 
-from services.redis_server import free_port
+from searchr1.redis_server import free_port
 from services.telemetry import JsonFormatter, counter, gauge, serve_metrics
 
 

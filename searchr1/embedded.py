@@ -6,10 +6,8 @@ those process groups (and nothing else), first politely (SIGTERM: workers drain)
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from services.processes import group_alive, pid_alive, reap
+from services.processes import group_alive, pid_alive, stop_group
 
 STATE_FILE = "platform.json"
 RAY_MULTI_NODE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": one machine, Ray's node IP stays 127.0.0.1
@@ -125,15 +123,7 @@ class EmbeddedPlatform:
 
     def _stop(self, services: list[RunningService], timeout_s: float = 30.0) -> None:
         for service in reversed(services):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(service.pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout_s
-            while group_alive(service.pid) and time.monotonic() < deadline:
-                reap(service.pid)
-                time.sleep(0.1)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(service.pid, signal.SIGKILL)
-            reap(service.pid)
+            stop_group(service.pid, timeout_s)
 
     def _record(self, services: list[RunningService]) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,12 @@ def redis_server_binary() -> str:
         ) from None
 
 
+def server_command(port: int, data_dir: Path, appendonly: bool) -> list[str]:
+    """The redis-server command line of a private server: loopback only, no RDB snapshots, AOF if asked."""
+    return [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
+            "--save", "", "--appendonly", "yes" if appendonly else "no"]  # fmt: skip
+
+
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on right now."""
     with socket.socket() as sock:
@@ -57,10 +63,7 @@ class PrivateRedis:
 
     def start(self, timeout_s: float = 10.0) -> PrivateRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        command = [
-            redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-            "--save", "", "--appendonly", "yes" if self.appendonly else "no",
-        ]  # fmt: skip
+        command = server_command(self.port, self.data_dir, self.appendonly)
         self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         while not answers(self.url, 0.2):

@@ -1,4 +1,4 @@
-"""The `searchr1` command: the one composition root. Tiers are imported lazily, per subcommand."""
+"""The `searchr1` command's subcommands. Tiers are imported lazily, per subcommand, so `searchr1 jobs` loads no tier."""
 
 from __future__ import annotations
 
@@ -195,7 +195,7 @@ def _port_overrides(assignments: Sequence[str]) -> dict[str, int]:
 
 
 def _platform_config(args: argparse.Namespace) -> Any:
-    from services.embedded import PlatformConfig
+    from searchr1.embedded import PlatformConfig
 
     run_dir = Path(args.run_dir).resolve()
     return PlatformConfig(
@@ -207,8 +207,8 @@ def _platform_config(args: argparse.Namespace) -> Any:
 
 def _ensure_redis(config: Any) -> tuple[str, Any]:
     """The Redis to use: SEARCHR1_REDIS_URL, else the machine's on 6379, else one of our own (kept running)."""
-    from services.embedded import ServiceSpec
-    from services.redis_server import DEFAULT_URL, answers, free_port, redis_server_binary
+    from searchr1.embedded import ServiceSpec
+    from searchr1.redis_server import DEFAULT_URL, answers, free_port, server_command
 
     url = os.environ.get("SEARCHR1_REDIS_URL")
     if url:
@@ -220,8 +220,7 @@ def _ensure_redis(config: Any) -> tuple[str, Any]:
     port = free_port()
     data = config.run_dir / "redis"
     data.mkdir(parents=True, exist_ok=True)
-    command = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
-               "--appendonly", "yes", "--save", ""]  # fmt: skip
+    command = server_command(port, data, appendonly=True)
     return f"redis://127.0.0.1:{port}/0", ServiceSpec("redis", command, None, grace_s=1.0)
 
 
@@ -235,7 +234,7 @@ def build_index_if_needed(corpus: Path, index_dir: Path) -> None:
 
 def platform_up(config: Any, corpus: Path | None) -> str:
     """Start every tier of the embedded platform; returns the Redis URL the tiers use."""
-    from services.embedded import EmbeddedPlatform, platform_specs, write_prometheus_config
+    from searchr1.embedded import EmbeddedPlatform, platform_specs, write_prometheus_config
 
     if corpus is not None:
         build_index_if_needed(corpus, config.index_dir)
@@ -257,7 +256,7 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from services.embedded import EmbeddedPlatform
+    from searchr1.embedded import EmbeddedPlatform
 
     stopped = EmbeddedPlatform(Path(args.run_dir).resolve()).down()
     print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
@@ -274,10 +273,10 @@ def _demo(args: argparse.Namespace) -> int:
     import time
 
     from reward.scoring import normalize_answer
+    from searchr1.embedded import EmbeddedPlatform
     from services import demo_report
     from services.api.client import JobsClient
     from services.demo import demo_job, fictional, follow, from_shared_data
-    from services.embedded import EmbeddedPlatform
 
     started = time.monotonic()
     config = _platform_config(args)

@@ -122,7 +122,7 @@ async def serve(settings: RewardSettings) -> None:
         log.info("reward worker %s consuming %s in group %s", worker.consumer, streams.reward, settings.group)
         await run_worker(worker, settings)
     finally:
-        await streams.redis.aclose()
+        await streams.aclose()
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from rollout.engines.base import Engine
 from rollout.retrieval_client import BatchingRetriever, HTTPRetriever
 from services.config import Settings
 from services.contracts import RolloutRequest, Trajectory, WeightsPublished
-from services.streams import DATA_FIELD, Output, Streams, connect
+from services.streams import Output, Streams, connect
 from services.telemetry import counter, gauge, histogram
 from services.worker import StreamWorker
 
@@ -124,11 +124,9 @@ class RolloutWorker:
         stream = self.streams.job(job_id, "weights")
         deadline = time.monotonic() + self.settings.weights_wait_s
         while True:
-            rows = await self.streams.redis.xrevrange(stream, count=1)
-            if rows:
-                latest = WeightsPublished.from_wire(rows[0][1][DATA_FIELD])
-                if latest.version >= version:
-                    return latest
+            latest = await self.streams.latest(stream, WeightsPublished)
+            if latest is not None and latest.version >= version:
+                return latest
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} never announced weights v{version} on {stream}")
             await asyncio.sleep(0.2)
@@ -148,4 +146,4 @@ class RolloutWorker:
     async def close(self) -> None:
         await self.retriever.aclose()
         await self.engine.close()
-        await self.streams.redis.aclose()
+        await self.streams.aclose()

@@ -16,7 +16,7 @@ from typing import Any
 from services.api.evaluations import EVAL_SETS
 from services.config import SHARED_DATA_DIR, Settings
 from services.contracts import ContractError, JobState, deep_merge
-from services.streams import DATA_FIELD, KIND_FIELD, Streams, connect
+from services.streams import Streams, connect
 from services.telemetry import configure_logging
 
 
@@ -333,9 +333,9 @@ def _streams_stats(args: argparse.Namespace) -> int:
             except Exception as exc:  # a stream or group that does not exist yet
                 print(f"{stream:40} {group:12} {'-':>8} {'-':>8} {'-':>8} {'-':>6}  ({exc})")
                 continue
-            dead = await streams.redis.xlen(streams.dead_letter_stream(stream))
+            dead = await streams.dead_letter_count(stream)
             print(f"{stream:40} {group:12} {stats.length:8} {stats.lag:8} {stats.pending:8} {dead:6}")
-        await streams.redis.aclose()
+        await streams.aclose()
 
     asyncio.run(go())
     return 0
@@ -347,20 +347,13 @@ def _dead_letters(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         streams = Streams(connect(settings), settings)
-        dead_stream = streams.dead_letter_stream(args.stream)
-        rows = await streams.redis.xrange(dead_stream, count=args.limit)
-        for entry_id, fields in rows:
-            error = fields.get(b"error", b"").decode(errors="replace")
-            deliveries = fields.get(b"deliveries", b"?").decode()
-            print(f"{entry_id.decode()}  deliveries={deliveries}  {error}")
-            if args.replay:
-                async with streams.redis.pipeline(transaction=True) as pipe:
-                    pipe.xadd(args.stream, {KIND_FIELD: fields[KIND_FIELD], DATA_FIELD: fields[DATA_FIELD]})
-                    pipe.xdel(dead_stream, entry_id)
-                    await pipe.execute()
+        letters = await streams.dead_letters(args.stream, args.limit)
+        for letter in letters:
+            print(f"{letter.entry_id}  deliveries={letter.deliveries}  {letter.error}")
         if args.replay:
-            print(f"replayed {len(rows)} entries into {args.stream}")
-        await streams.redis.aclose()
+            await streams.replay(args.stream, letters)
+            print(f"replayed {len(letters)} entries into {args.stream}")
+        await streams.aclose()
         return 0
 
     return asyncio.run(go())

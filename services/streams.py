@@ -78,6 +78,17 @@ class Entry(Generic[M]):
     deliveries: int = 1
 
 
+@dataclass(slots=True, frozen=True)
+class DeadLetter:
+    """An entry of a dead-letter stream: the original kind and payload, why it failed, how often it was tried."""
+
+    entry_id: str
+    kind: bytes
+    payload: bytes
+    error: str
+    deliveries: str
+
+
 @dataclass(slots=True)
 class Output:
     """A message a handler wants published when its input is committed."""
@@ -133,6 +144,13 @@ class Streams:
     def dead_letter_stream(stream: str) -> str:
         return stream + DEAD_SUFFIX
 
+    # -- connection --------------------------------------------------------------------------------------
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
     # -- publish -----------------------------------------------------------------------------------------
     async def publish(self, stream: str, message: Message) -> str:
         entry_id = await self.redis.xadd(
@@ -173,6 +191,29 @@ class Streams:
                     f"after waiting {timeout_s:.0f}s: are its consumers running?"
                 )
             await asyncio.sleep(0.05)
+
+    # -- read without a group --------------------------------------------------------------------------------
+    async def latest(self, stream: str, message_type: type[M]) -> M | None:
+        """The newest message of `stream` (None while it is empty); ContractError if it cannot be decoded."""
+        rows = await self.redis.xrevrange(stream, count=1)
+        if not rows:
+            return None
+        entry = self._decode(stream, *rows[0], message_type, 1)
+        if entry.message is None:
+            raise ContractError(entry.error or f"entry {entry.entry_id} of {stream} cannot be decoded")
+        return entry.message
+
+    async def entries(
+        self, stream: str, message_type: type[M], after: str = "0-0", block_ms: int | None = None, count: int = 500
+    ) -> list[Entry[M]]:
+        """Entries after entry id `after`, oldest first: all of them, or with `block_ms` up to `count`, waiting up
+        to `block_ms` for the first. An entry that cannot be decoded comes with `message` None and its `error`."""
+        if block_ms is None:
+            rows = await self.redis.xrange(stream, min=f"({after}" if after != "0-0" else "-", max="+")
+        else:
+            response = await self.redis.xread({stream: after}, block=block_ms, count=count)
+            rows = response[0][1] if response else []
+        return [self._decode(stream, entry_id, fields, message_type, 1) for entry_id, fields in rows]
 
     # -- consume -----------------------------------------------------------------------------------------
     async def ensure_group(self, stream: str, group: str, start: str = "0") -> None:
@@ -283,6 +324,35 @@ class Streams:
         )
         STREAM_DEAD_LETTERS.labels(entry.stream, group, "undecodable" if entry.message is None else "failed").inc()
         log.warning("dead-lettered %s %s: %s", entry.stream, entry.entry_id, error)
+
+    async def dead_letters(self, stream: str, count: int | None = None) -> list[DeadLetter]:
+        """The oldest `count` (default: all) dead letters of `stream`."""
+        rows = await self.redis.xrange(self.dead_letter_stream(stream), count=count)
+        return [
+            DeadLetter(
+                entry_id.decode(),
+                fields.get(KIND_FIELD, b""),
+                fields.get(DATA_FIELD, b""),
+                fields.get(b"error", b"").decode(errors="replace"),
+                fields.get(b"deliveries", b"?").decode(errors="replace"),
+            )
+            for entry_id, fields in rows
+        ]
+
+    async def dead_letter_count(self, stream: str) -> int:
+        return await self.redis.xlen(self.dead_letter_stream(stream))
+
+    async def replay(self, stream: str, letters: Sequence[DeadLetter]) -> None:
+        """Put dead letters back into `stream` to be tried again; each leaves the dead-letter stream as its copy
+        enters the stream (one transaction per letter)."""
+        for letter in letters:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.xadd(stream, {KIND_FIELD: letter.kind, DATA_FIELD: letter.payload},
+                          maxlen=self.settings.stream_maxlen, approximate=True)  # fmt: skip
+                pipe.xdel(self.dead_letter_stream(stream), letter.entry_id)
+                await pipe.execute()
+        if letters:
+            STREAM_PUBLISHED.labels(stream).inc(len(letters))
 
     async def _dead_letter_by_id(self, stream: str, group: str, entry_id: str, deliveries: int) -> None:
         rows = await self.redis.xrange(stream, min=entry_id, max=entry_id)

@@ -91,7 +91,7 @@ def run_learner(config: dict[str, Any]) -> None:
             )  # fmt: skip
             await Learner(ctx).run()
         finally:
-            await streams.redis.aclose()
+            await streams.aclose()
 
     asyncio.run(main())
 
@@ -170,7 +170,7 @@ def report_failure(job_id: str, error: BaseException) -> None:
             job_id=job_id, event="state", state=JobState.FAILED, message=f"{type(error).__name__}: {error}"
         )
         await streams.publish(streams.job(job_id, "events"), event)
-        await streams.redis.aclose()
+        await streams.aclose()
 
     try:
         asyncio.run(publish())

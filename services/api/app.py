@@ -159,7 +159,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             yield
         finally:
             await app.state.scheduler.stop()
-            await streams.redis.aclose()
+            await streams.aclose()
 
     app = FastAPI(title="searchr1", version="0.1.0", lifespan=lifespan)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
@@ -205,7 +205,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     @app.get("/readyz", include_in_schema=False)
     async def readyz(request: Request) -> Response:
         try:
-            await request.app.state.store.redis.ping()
+            await request.app.state.store.streams.ping()
         except Exception as exc:  # any failure to reach Redis means not ready
             return JSONResponse({"status": f"redis unreachable: {exc}"}, status_code=503)
         return JSONResponse({"status": "ready"})

@@ -25,8 +25,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from services.contracts import ContractError, JobEvent, JobSpec, JobState
-from services.streams import Streams
+from services.contracts import JobEvent, JobSpec, JobState
+from services.streams import Entry, Streams
 from services.telemetry import counter
 
 log = logging.getLogger(__name__)
@@ -118,13 +118,12 @@ class JobRecord:
         }
 
 
-def _event(job_id: str, fields: dict[bytes, bytes]) -> JobEvent:
+def _event(job_id: str, entry: Entry[JobEvent]) -> JobEvent:
     """A stream entry as an event; one that cannot be decoded becomes a log event saying so, so that it neither
     fails every reader of the job's events (listings, the scheduler's tick) nor stops their cursors."""
-    try:
-        return JobEvent.from_wire(fields[b"d"])
-    except (ContractError, KeyError) as exc:
-        return JobEvent(job_id=job_id, event="log", message=f"an undecodable event was skipped: {str(exc)[:300]}")
+    if entry.message is not None:
+        return entry.message
+    return JobEvent(job_id=job_id, event="log", message=f"an undecodable event was skipped: {str(entry.error)[:300]}")
 
 
 def _kind(values: list[bytes | None]) -> str | None:
@@ -344,10 +343,5 @@ class JobStore:
 
     async def events(self, job_id: str, after: str = "0-0", block_ms: int | None = None) -> list[tuple[str, JobEvent]]:
         """Events after entry id `after` (blocking up to `block_ms` for the first)."""
-        stream = self.streams.job(job_id, "events")
-        if block_ms is None:
-            rows = await self.redis.xrange(stream, min=f"({after}" if after != "0-0" else "-", max="+")
-        else:
-            response = await self.redis.xread({stream: after}, block=block_ms, count=500)
-            rows = response[0][1] if response else []
-        return [(entry_id.decode(), _event(job_id, fields)) for entry_id, fields in rows]
+        entries = await self.streams.entries(self.streams.job(job_id, "events"), JobEvent, after, block_ms)
+        return [(entry.entry_id, _event(job_id, entry)) for entry in entries]

@@ -19,6 +19,7 @@ from support import wait_until
 
 from services.config import Settings
 from services.contracts import (
+    ContractError,
     JobEvent,
     Message,
     RolloutRequest,
@@ -149,6 +150,50 @@ def test_wrong_kind_and_garbage_are_reported_not_raised(settings: Settings) -> N
     garbage, wrong_kind = run(go())
     assert garbage.message is None and "not valid msgpack" in garbage.error
     assert wrong_kind.message is None and "expected 'job_event'" in wrong_kind.error
+
+
+def test_latest_and_entries_read_a_stream_without_a_group(settings: Settings) -> None:
+    async def go() -> None:
+        streams = Streams(connect(settings), settings)
+        stream = f"{settings.key_prefix}:weights"
+        assert await streams.latest(stream, WeightsPublished) is None
+        first, second = (WeightsPublished(job_id="j", version=v, uri=f"file:///w/{v}") for v in (1, 2))
+        ids = await streams.publish_many(stream, [first, second])
+        assert (await streams.latest(stream, WeightsPublished)).version == 2
+        assert [e.message.version for e in await streams.entries(stream, WeightsPublished)] == [1, 2]
+        [after_first] = await streams.entries(stream, WeightsPublished, after=ids[0])
+        assert after_first.entry_id == ids[1]
+        assert await streams.entries(stream, WeightsPublished, after=ids[1], block_ms=50) == []
+        await streams.redis.xadd(stream, {KIND_FIELD: b"weights_published", DATA_FIELD: b"\xc1garbage"})
+        [garbage] = await streams.entries(stream, WeightsPublished, after=ids[1], block_ms=50)
+        assert garbage.message is None and "not valid msgpack" in garbage.error
+        with pytest.raises(ContractError, match="not valid msgpack"):
+            await streams.latest(stream, WeightsPublished)
+        await streams.aclose()
+
+    run(go())
+
+
+def test_dead_letters_are_listed_counted_and_replayed(settings: Settings) -> None:
+    async def go() -> None:
+        streams = Streams(connect(settings), settings)
+        stream = f"{settings.key_prefix}:work"
+        await streams.ensure_group(stream, "g")
+        await streams.publish_many(stream, events(3))
+        entries = await streams.read(stream, "g", "c", JobEvent, block_ms=100)
+        for entry in entries:
+            await streams.dead_letter("g", entry, f"failed {entry.message.message}")
+        assert await streams.dead_letter_count(stream) == 3
+        letters = await streams.dead_letters(stream, count=2)
+        assert [letter.error for letter in letters] == ["failed m0", "failed m1"]
+        await streams.replay(stream, letters)
+        assert await streams.dead_letter_count(stream) == 1
+        replayed = await streams.read(stream, "g", "c", JobEvent, block_ms=100)
+        assert [e.message.message for e in replayed] == ["m0", "m1"]
+        assert [e.message.msg_id for e in replayed] == [e.message.msg_id for e in entries[:2]]
+        await streams.aclose()
+
+    run(go())
 
 
 def test_commit_publishes_once_per_message_id(settings: Settings) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -53,3 +54,33 @@ def test_the_contracts_catch_a_forbidden_import(tmp_path: Path, module: str, sou
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"{broken}" in result.stdout
     assert "1 broken" in result.stdout
+
+
+RAW_REDIS_ALLOWED = {Path("services/streams.py"), Path("services/api/store.py"), Path("searchr1/redis_server.py")}
+
+
+def raw_redis_uses(path: Path) -> list[int]:
+    """Lines of `path` that reach a Redis client directly: `<anything>.redis.<call>` (e.g. `streams.redis.xadd`)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "redis"
+    ]
+
+
+def test_streams_own_their_verbs_no_raw_redis_elsewhere() -> None:
+    """Imports are the contract's; this catches the other way in: a Streams' client used by hand."""
+    offenders = {
+        str(path.relative_to(ROOT)): lines
+        for package in PACKAGES
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if path.relative_to(ROOT) not in RAW_REDIS_ALLOWED and (lines := raw_redis_uses(path))
+    }
+    assert offenders == {}
+
+
+def test_a_raw_redis_call_is_noticed(tmp_path: Path) -> None:
+    module = tmp_path / "worker.py"
+    module.write_text("async def f(streams):\n    return await streams.redis.xrevrange('s', count=1)\n")
+    assert raw_redis_uses(module) == [2]

@@ -14,7 +14,7 @@ from pydantic import Field
 from reward.reference import reference_answer, reference_format_valid, reference_retrieval_hit, reference_score
 from reward.scoring import check_format, extract_answer, retrieval_hit, score
 from services.config import Settings
-from services.contracts import ScoredTrajectory, Trajectory
+from services.contracts import ScoredTrajectory, Trajectory, dataset_label
 from services.streams import Output, Streams, connect
 from services.telemetry import configure_logging, counter, histogram
 from services.worker import HandleBatch, PermanentError, StreamWorker, run_worker
@@ -39,11 +39,6 @@ class RewardSettings(Settings):
     group: str = "reward"
     concurrency: int = Field(512, ge=1, description="trajectories in flight per process")
     batch_size: int = Field(256, ge=1, description="trajectories read and scored together")
-
-
-def source_label(data_source: str) -> str:
-    """The data set part of `dataset:split:origin`, a bounded label for metrics."""
-    return data_source.split(":", 1)[0] or "unknown"
 
 
 def score_trajectory(trajectory: Trajectory) -> ScoredTrajectory:
@@ -94,7 +89,7 @@ def make_batch_handler(streams: Streams) -> HandleBatch[Trajectory]:
                 except Exception as exc:  # one bad trajectory must not hold up the batch
                     results.append(exc)
                     continue
-                source = source_label(trajectory.data_source)
+                source = dataset_label(trajectory.data_source)
                 SCORED.labels(trajectory.job_id, source).inc()
                 SCORE.labels(trajectory.job_id, source).observe(scored.reward)
                 results.append([Output(streams.job(trajectory.job_id, "scored"), scored)])

@@ -11,7 +11,9 @@ import math
 import time
 import uuid
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Self
+from urllib.parse import unquote, urlparse
 
 import msgpack
 import numpy as np
@@ -123,6 +125,12 @@ AnyFloat = Annotated[float, Field(allow_inf_nan=True)]
 
 # --------------------------------------------------------------------------------------------------------
 # Stream messages
+
+
+def dataset_label(source: str) -> str:
+    """The data set part of a source `dataset:split:origin` (`hotpotqa:train:...` -> `hotpotqa`), a bounded label
+    for metrics."""
+    return source.split(":", 1)[0] or "unknown"
 
 
 class Message(_Strict):
@@ -302,8 +310,21 @@ class ScoredTrajectory(Message):
 
 
 class WeightFormat(StrEnum):
+    """How announced weights travel. One transport today (a safetensors folder on shared storage); an
+    announcement in any other format is refused at decoding (dead-lettered), never half-loaded."""
+
     SAFETENSORS = "safetensors"
-    NCCL = "nccl"
+
+
+def weights_folder(uri: str) -> Path:
+    """The local folder a weights URI names: a `file://` URI (shared storage is mounted at the same path
+    everywhere; as written by `Path.as_uri`, percent-encoded) or a plain path. Any other scheme is a ValueError."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme == "":
+        return Path(uri)
+    raise ValueError(f"weights uri {uri!r} is not a file:// URI: only local paths and file:// URIs load here")
 
 
 class WeightsPublished(Message):

@@ -25,7 +25,6 @@ import torch
 from torch import Tensor
 
 KLEstimator = Literal["k1", "k2", "k3"]
-LossAggregation = Literal["token-mean", "seq-mean-token-mean"]
 
 K3_CLAMP = 10.0  # the low-variance KL estimate is clamped to [-10, 10], as the reference does
 _LOG_RATIO_CLAMP = 20.0  # exp() of a larger log-ratio overflows in half precision; k3 clamps before exp
@@ -83,30 +82,13 @@ def masked_whiten(values: Tensor, mask: Tensor, shift_mean: bool = True, eps: fl
     return torch.where(_mask_like(mask, values), whitened, torch.zeros_like(whitened))
 
 
-def aggregate_loss(
-    per_token: Tensor,
-    mask: Tensor,
-    mode: LossAggregation = "token-mean",
-    normalizer: float | Tensor | None = None,
-) -> Tensor:
-    """Reduce a per-token loss to a scalar.
-
-    - "token-mean": sum over selected tokens / `normalizer` (default: the number of selected tokens). Every
-      token weighs the same, so long trajectories weigh more; this is the reference's choice.
-    - "seq-mean-token-mean": mean over each row's selected tokens, then the mean over rows that have any
-      (`normalizer`, if given, replaces that row count).
-    """
-    if mode == "token-mean":
-        total = masked_sum(per_token, mask)
-        denominator = masked_count(mask) if normalizer is None else normalizer
-        return total / torch.as_tensor(denominator, dtype=total.dtype, device=total.device).clamp(min=1.0)
-    if mode == "seq-mean-token-mean":
-        per_row = masked_mean(per_token, mask, dim=-1)
-        has_tokens = masked_count(mask, dim=-1) > 0
-        total = masked_sum(per_row, has_tokens)
-        denominator = masked_count(has_tokens) if normalizer is None else normalizer
-        return total / torch.as_tensor(denominator, dtype=total.dtype, device=total.device).clamp(min=1.0)
-    raise ValueError(f"unknown loss aggregation {mode!r}; choose 'token-mean' or 'seq-mean-token-mean'")
+def aggregate_loss(per_token: Tensor, mask: Tensor, normalizer: float | Tensor | None = None) -> Tensor:
+    """Reduce a per-token loss to a scalar, the token mean: the sum over selected tokens / `normalizer` (default:
+    the number of selected tokens). Every token weighs the same, so long trajectories weigh more; this is the
+    reference's choice."""
+    total = masked_sum(per_token, mask)
+    denominator = masked_count(mask) if normalizer is None else normalizer
+    return total / torch.as_tensor(denominator, dtype=total.dtype, device=total.device).clamp(min=1.0)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -156,11 +138,10 @@ def masked_entropy(
     logits: Tensor,
     loss_mask: Tensor,
     temperature: float = 1.0,
-    mode: LossAggregation = "token-mean",
     normalizer: float | Tensor | None = None,
 ) -> Tensor:
     """Mean entropy over model-generated tokens (`loss_mask`); inserted tokens and padding do not count."""
-    return aggregate_loss(entropy_from_logits(logits, temperature), loss_mask, mode, normalizer)
+    return aggregate_loss(entropy_from_logits(logits, temperature), loss_mask, normalizer)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -220,11 +201,10 @@ def kl_loss(
     ref_logprobs: Tensor,
     loss_mask: Tensor,
     estimator: KLEstimator = "k3",
-    mode: LossAggregation = "token-mean",
     normalizer: float | Tensor | None = None,
 ) -> Tensor:
     """KL as a loss term (GRPO's default: k3): the aggregated per-token estimate over model-generated tokens."""
-    return aggregate_loss(kl_estimate(logprobs, ref_logprobs, estimator, mask=loss_mask), loss_mask, mode, normalizer)
+    return aggregate_loss(kl_estimate(logprobs, ref_logprobs, estimator, mask=loss_mask), loss_mask, normalizer)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -344,7 +324,6 @@ class PolicyLossOutput:
     clip_fraction: Tensor  # share of model tokens whose ratio the clip bound (the pessimistic term won)
     approx_kl: Tensor  # mean of (old - new) logprob over model tokens: how far this update has moved
     ratio_mean: Tensor
-    dual_clip_fraction: Tensor  # share of model tokens held by the dual-clip bound (0 when dual clip is off)
 
 
 def policy_ratio(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor) -> Tensor:
@@ -354,61 +333,33 @@ def policy_ratio(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor) -> Tensor
     return log_ratio.exp()
 
 
-def behaviour_weights(
-    proximal_logprobs: Tensor, behaviour_logprobs: Tensor, loss_mask: Tensor, cap: float | None = None
-) -> Tensor:
-    """Importance weights `pi_prox / pi_behav` for stale trajectories (no gradient), optionally capped at `cap`.
-
-    When the rollout engine sampled with an older policy (`max_staleness > 0`) and the learner recomputes
-    "old" logprobs with its pre-update policy, the decoupled PPO objective clips the ratio against those
-    proximal logprobs and weights each token by this behaviour correction. Inserted tokens get weight 1 (unused).
-    """
-    weights = policy_ratio(proximal_logprobs.detach(), behaviour_logprobs.detach(), loss_mask)
-    return weights if cap is None else weights.clamp(max=cap)
-
-
 def ppo_policy_loss(
     logprobs: Tensor,
     old_logprobs: Tensor,
     advantages: Tensor,
     loss_mask: Tensor,
     clip_eps: float = 0.2,
-    clip_eps_high: float | None = None,
-    dual_clip: float | None = None,
-    token_weights: Tensor | None = None,
-    mode: LossAggregation = "token-mean",
     normalizer: float | Tensor | None = None,
 ) -> PolicyLossOutput:
     """The PPO clipped surrogate over model-generated tokens.
 
-    Per token: `ratio = exp(logprobs - old_logprobs)` and `loss = max(-A * ratio, -A * clip(ratio, 1 - eps_low,
-    1 + eps_high))`, where `old_logprobs` are the behaviour logprobs carried in the trajectory (or the learner's
-    recomputed ones) and `eps_high` defaults to `clip_eps`. With `dual_clip = c > 1`, tokens with A < 0 are also
-    bounded by `-A * c`. `token_weights` (e.g. `behaviour_weights`) multiply the per-token loss. Inserted tokens
-    and padding (`loss_mask` 0) contribute nothing to the loss, its gradient or the statistics.
+    Per token: `ratio = exp(logprobs - old_logprobs)` and `loss = max(-A * ratio, -A * clip(ratio, 1 - eps,
+    1 + eps))`, where `old_logprobs` are the behaviour logprobs carried in the trajectory (or the learner's
+    recomputed ones). Inserted tokens and padding (`loss_mask` 0) contribute nothing to the loss, its gradient or
+    the statistics.
     """
     if not logprobs.shape == old_logprobs.shape == advantages.shape:
         raise ValueError(
             f"logprobs {tuple(logprobs.shape)}, old_logprobs {tuple(old_logprobs.shape)} and "
             f"advantages {tuple(advantages.shape)} must have the same shape"
         )
-    if dual_clip is not None and dual_clip <= 1.0:
-        raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
     selected = _mask_like(loss_mask, logprobs)
-    eps_high = clip_eps if clip_eps_high is None else clip_eps_high
     adv = torch.where(selected, advantages, torch.zeros_like(advantages)).detach()
     ratio = policy_ratio(logprobs, old_logprobs.detach(), selected)
     unclipped = -adv * ratio
-    clipped = -adv * ratio.clamp(1.0 - clip_eps, 1.0 + eps_high)
+    clipped = -adv * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
     per_token = torch.maximum(unclipped, clipped)
-    dual_held = torch.zeros_like(selected)
-    if dual_clip is not None:
-        bound = -adv * dual_clip
-        dual_held = (adv < 0) & (per_token > bound)
-        per_token = torch.where(adv < 0, torch.minimum(per_token, bound), per_token)
-    if token_weights is not None:
-        per_token = per_token * torch.where(selected, token_weights.detach(), torch.ones_like(token_weights))
-    loss = aggregate_loss(per_token, selected, mode, normalizer)
+    loss = aggregate_loss(per_token, selected, normalizer)
     with torch.no_grad():
         log_ratio = torch.where(selected, logprobs - old_logprobs, torch.zeros_like(logprobs))
         stats = PolicyLossOutput(
@@ -416,7 +367,6 @@ def ppo_policy_loss(
             clip_fraction=masked_mean((clipped > unclipped).float(), selected),
             approx_kl=masked_mean(-log_ratio, selected),
             ratio_mean=masked_mean(ratio, selected),
-            dual_clip_fraction=masked_mean(dual_held.float(), selected),
         )
     return stats
 
@@ -436,7 +386,6 @@ def clipped_value_loss(
     returns: Tensor,
     response_mask: Tensor,
     clip: float = 0.5,
-    mode: LossAggregation = "token-mean",
     normalizer: float | Tensor | None = None,
 ) -> ValueLossOutput:
     """`0.5 * max((V - R)^2, (V_clip - R)^2)` with `V_clip = V_old + clip(V - V_old, -clip, clip)`.
@@ -452,7 +401,7 @@ def clipped_value_loss(
     error = (values - target).square()
     clipped_error = (clipped_values - target).square()
     per_token = 0.5 * torch.maximum(error, clipped_error)
-    loss = aggregate_loss(per_token, selected, mode, normalizer)
+    loss = aggregate_loss(per_token, selected, normalizer)
     with torch.no_grad():
         return ValueLossOutput(
             loss=loss,

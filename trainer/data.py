@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from services.contracts import DataConfig, DataSource, RolloutConfig
+from services.contracts import DataConfig, DataSource, RolloutConfig, dataset_label
 from services.prompts import build_prompt_ids, build_reference_prompt_ids
 
 Schema = Literal["ours", "searchr1"]
@@ -66,10 +66,6 @@ class Example:
 def prompt_uid(source: str, example_id: str) -> str:
     """The globally unique prompt id of an example."""
     return f"{source}:{example_id}"
-
-
-def dataset_label(source: str) -> str:
-    return source.split(":", 1)[0]
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from services.contracts import WeightFormat, WeightsPublished
+from services.contracts import WeightFormat, WeightsPublished, weights_folder
 
 VERSION_PREFIX = "v"
 
@@ -70,16 +70,9 @@ def prune_versions(job_root: Path, keep: int) -> list[Path]:
     return removed
 
 
-def path_of(published: WeightsPublished) -> Path:
-    """The local folder of a `file://` weights URI (shared storage is mounted at the same path everywhere)."""
-    if not published.uri.startswith("file://"):
-        raise ValueError(f"weights URI {published.uri!r} is not a file:// URI; only shared-folder weights load here")
-    return Path(published.uri[len("file://") :])
-
-
 def verify(published: WeightsPublished) -> Path:
     """The folder of a published version, after checking its checksum (raises on a mismatch)."""
-    folder = path_of(published)
+    folder = weights_folder(published.uri)
     if published.checksum and folder_checksum(folder) != published.checksum:
         raise ValueError(f"weights v{published.version} at {folder} do not match their checksum")
     return folder

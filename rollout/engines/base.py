@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
-from urllib.parse import unquote, urlparse
+
+from services.contracts import weights_folder
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +84,7 @@ class GenerationAborted(Exception):
 
 def weights_path(uri: str) -> Path:
     """The local folder of a safetensors checkpoint named by a path or a `file://` URI."""
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        path = Path(unquote(parsed.path) if parsed.scheme == "file" else uri)
-    else:
-        raise ValueError(f"weights uri {uri!r}: only local paths and file:// URIs are supported here")
+    path = weights_folder(uri)
     if not path.is_dir():
         raise FileNotFoundError(f"weights uri {uri!r}: {path} is not a folder")
     if not any(path.glob("*.safetensors")):

@@ -11,7 +11,6 @@ import torch
 from trainer.algos import (
     aggregate_loss,
     apply_kl_penalty,
-    behaviour_weights,
     broadcast_to_tokens,
     clipped_value_loss,
     compute_gae,
@@ -79,15 +78,11 @@ def test_masked_whiten() -> None:
     close(masked_whiten(values, mask, shift_mean=False), [1.0, 2.0, 3.0, 0.0])
 
 
-def test_aggregate_loss_modes() -> None:
+def test_aggregate_loss_is_the_token_mean() -> None:
     per_token = t([[1.0, 2.0, 0.0], [4.0, 0.0, 0.0], [9.0, 9.0, 9.0]])
     mask = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]])
     close(aggregate_loss(per_token, mask), 7.0 / 3.0)  # (1 + 2 + 4) / 3 tokens
     close(aggregate_loss(per_token, mask, normalizer=10), 0.7)  # e.g. the whole mini-batch has 10 tokens
-    # row means 1.5 and 4; the empty row does not count
-    close(aggregate_loss(per_token, mask, mode="seq-mean-token-mean"), 2.75)
-    with pytest.raises(ValueError, match="unknown loss aggregation"):
-        aggregate_loss(per_token, mask, mode="sum")  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -262,31 +257,6 @@ def test_ppo_policy_loss_hand_computed() -> None:
     # d/dlogp: clipped token 0 -> 0; token 1 -> -A * ratio / 3 = -0.5 / 3; token 2 -> 1.1 / 3; masked -> 0
     close(logprobs.grad, [[0.0, -0.5 / 3, 1.1 / 3, 0.0]])
     assert not out.clip_fraction.requires_grad
-
-
-def test_ppo_asymmetric_and_dual_clip() -> None:
-    logprobs = torch.log(t([[1.5, 5.0]]))
-    advantages, mask = t([[1.0, -2.0]]), torch.ones(1, 2)
-    out = ppo_policy_loss(
-        logprobs, torch.zeros(1, 2), advantages, mask, clip_eps=0.2, clip_eps_high=0.28, dual_clip=3.0
-    )
-    # token 0: max(-1.5, -1.28) = -1.28; token 1: max(10, 2.4) = 10, held at -A * 3 = 6 by the dual clip
-    close(out.loss, (-1.28 + 6.0) / 2)
-    close(out.dual_clip_fraction, 0.5)
-    with pytest.raises(ValueError, match="dual_clip"):
-        ppo_policy_loss(logprobs, torch.zeros(1, 2), advantages, mask, dual_clip=1.0)
-
-
-def test_ppo_token_weights_from_behaviour_policy() -> None:
-    # proximal -1.0 vs behaviour -1.5: weight exp(0.5) = 1.6487, capped at 1.2; the inserted token gets 1
-    weights = behaviour_weights(t([[-1.0, -1.0, 4.0]]), t([[-1.5, -1.5, -30.0]]), torch.tensor([[1, 1, 0]]), cap=1.2)
-    close(weights, [[1.2, 1.2, 1.0]])
-    uncapped = behaviour_weights(t([[-1.0]]), t([[-1.5]]), torch.tensor([[1]]))
-    close(uncapped, [[math.exp(0.5)]])
-    out = ppo_policy_loss(
-        torch.zeros(1, 2), torch.zeros(1, 2), t([[1.0, 1.0]]), torch.ones(1, 2), token_weights=t([[2.0, 0.5]])
-    )
-    close(out.loss, (-2.0 - 0.5) / 2)
 
 
 def test_policy_ratio_is_one_on_masked_tokens() -> None:

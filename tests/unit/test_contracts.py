@@ -17,6 +17,8 @@ from services.contracts import (
     Trajectory,
     VersionSpan,
     WeightsPublished,
+    dataset_label,
+    weights_folder,
 )
 
 
@@ -75,6 +77,7 @@ def test_nested_scored_trajectory_round_trips() -> None:
         (msgpack.packb({"schema_version": 99}), "schema_version: got 99"),
         (msgpack.packb({"job_id": "j", "version": -1, "uri": "x"}), "WeightsPublished.version"),
         (msgpack.packb({"job_id": "j", "version": 1, "uri": "x", "surprise": 1}), "WeightsPublished.surprise"),
+        (msgpack.packb({"job_id": "j", "version": 1, "uri": "x", "format": "nccl"}), "WeightsPublished.format"),
     ],
 )
 def test_bad_payloads_name_the_problem(payload: bytes, expected: str) -> None:
@@ -152,3 +155,17 @@ def test_invalid_specs_give_the_field_path(overrides: dict, expected: str) -> No
 def test_unknown_preset_lists_the_known_ones() -> None:
     with pytest.raises(ContractError, match="paper-grpo"):
         JobSpec.from_preset("paper-dpo")
+
+
+def test_weights_folder_reads_file_uris_as_path_as_uri_writes_them(tmp_path) -> None:
+    folder = tmp_path / "job 1" / "v%2"
+    assert weights_folder(folder.as_uri()) == folder  # percent-encoded by as_uri, decoded back
+    assert weights_folder(str(folder)) == folder
+    with pytest.raises(ValueError, match="not a file:// URI"):
+        weights_folder("s3://bucket/job/v2")
+
+
+def test_dataset_label_is_the_source_up_to_its_first_colon() -> None:
+    assert dataset_label("hotpotqa:train:searchr1") == "hotpotqa"
+    assert dataset_label("mine") == "mine"
+    assert dataset_label("") == "unknown"

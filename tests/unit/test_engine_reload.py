@@ -138,7 +138,7 @@ def test_weights_uri_must_name_a_safetensors_folder(tmp_path: Path, ckpt: Path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"no \*\.safetensors"):
         weights_path(str(tmp_path / "empty"))
-    with pytest.raises(ValueError, match="only local paths"):
+    with pytest.raises(ValueError, match="not a file:// URI"):
         weights_path("s3://bucket/ckpt")
 
 

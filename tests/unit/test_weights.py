@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from services.contracts import WeightsPublished
-from trainer.weights import path_of, save_version, verify, version_dir
+from services.contracts import WeightsPublished, weights_folder
+from trainer.weights import save_version, verify, version_dir
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +38,11 @@ def test_versions_are_written_announced_and_pruned(tiny_model: Qwen2ForCausalLM,
 
 def test_a_corrupted_version_fails_verification(tiny_model: Qwen2ForCausalLM, tmp_path: Path) -> None:
     published = save_version(tiny_model, None, tmp_path, "job-2", 1, step=1)
-    weights_file = next(path_of(published).glob("*.safetensors"))
+    weights_file = next(weights_folder(published.uri).glob("*.safetensors"))
     data = bytearray(weights_file.read_bytes())
     data[-1] ^= 0xFF
     weights_file.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="do not match their checksum"):
         verify(published)
     with pytest.raises(ValueError, match="not a file:// URI"):
-        path_of(published.model_copy(update={"uri": "s3://bucket/x"}))
+        verify(published.model_copy(update={"uri": "s3://bucket/x"}))

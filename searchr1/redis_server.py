@@ -38,9 +38,13 @@ def redis_server_binary() -> str:
 
 
 def server_command(port: int, data_dir: Path, appendonly: bool) -> list[str]:
-    """The redis-server command line of a private server: loopback only, no RDB snapshots, AOF if asked."""
+    """The redis-server command line of a private server: loopback only, no RDB snapshots; with `appendonly`
+    every write goes to the AOF in `data_dir`, fsynced once a second (a crash loses at most the last second),
+    and a restart on the same folder brings back job records, streams, consumer groups and their pending
+    entries, as the chart's Redis does."""
+    durability = ["--appendonly", "yes", "--appendfsync", "everysec"] if appendonly else ["--appendonly", "no"]
     return [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
-            "--save", "", "--appendonly", "yes" if appendonly else "no"]  # fmt: skip
+            "--save", "", *durability]  # fmt: skip
 
 
 def free_port() -> int:
@@ -74,6 +78,14 @@ class PrivateRedis:
                 raise TimeoutError(f"redis-server on port {self.port} did not answer within {timeout_s}s")
             time.sleep(0.05)
         return self
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash: nothing flushed beyond what AOF already has); `start` brings it back on
+        the same port and folder."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.config import Settings
 from services.contracts import ContractError, Message
@@ -32,6 +34,10 @@ from services.telemetry import (
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
+
+# What a call raises while Redis is unreachable, restarting or still loading its AOF (BusyLoadingError is a
+# ConnectionError): the caller waits and retries, the connection pool reconnects by itself.
+REDIS_UNAVAILABLE: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
 
 KIND_FIELD = b"t"
 DATA_FIELD = b"d"

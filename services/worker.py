@@ -10,6 +10,7 @@ in flight, exit. `/healthz`, `/readyz` and `/metrics` are served when a metrics 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -23,7 +24,7 @@ from fastapi import FastAPI, Response
 from prometheus_client import make_asgi_app
 
 from services.config import Settings
-from services.streams import Entry, M, Output, Streams
+from services.streams import REDIS_UNAVAILABLE, Entry, M, Output, Streams
 from services.telemetry import (
     DEAD_LETTER_REASONS,
     STREAM_DEAD_LETTERS,
@@ -31,6 +32,7 @@ from services.telemetry import (
     WORKER_IN_FLIGHT,
     WORKER_PROCESSED,
     WORKER_RECLAIMED,
+    counter,
 )
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,13 @@ Handle = Callable[[M], Awaitable[Sequence[Output]]]
 HandleBatch = Callable[[list[M]], Awaitable[Sequence[Sequence[Output] | BaseException]]]
 
 HOUSEKEEPING_INTERVAL_S = 2.0
+RECONNECT_BACKOFF_S = (0.1, 5.0)  # first wait, cap: doubled after each failed attempt
+
+WORKER_REDIS_RECONNECTS = counter(
+    "searchr1_worker_redis_reconnects_total",
+    "Times a worker lost Redis (down, restarting, loading its AOF) and waited to reconnect",
+    ["stream", "group"],
+)
 
 
 class PermanentError(Exception):
@@ -105,36 +114,65 @@ class StreamWorker(Generic[M]):
         await self.streams.ensure_group(self.stream, self.group)
         # Counters of rare events start at 0, so dashboards show 0 rather than no data until the first one.
         WORKER_RECLAIMED.labels(self.stream, self.group)
+        WORKER_REDIS_RECONNECTS.labels(self.stream, self.group)
         for reason in DEAD_LETTER_REASONS:
             STREAM_DEAD_LETTERS.labels(self.stream, self.group, reason)
         self._ready = True
-        next_housekeeping = 0.0
         try:
             while not self._stopping.is_set():
-                self.last_beat = time.monotonic()
-                free = await self._wait_for_slots()
-                if free == 0:
-                    continue
-                if time.monotonic() >= next_housekeeping:
-                    next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL_S
-                    entries = await self._housekeeping(free)
-                    if entries:
-                        self._dispatch(entries)
-                        continue
-                entries = await self.streams.read(
-                    self.stream,
-                    self.group,
-                    self.consumer,
-                    self.message_type,
-                    count=min(self.read_count, free),
-                    block_ms=500,
-                )
-                self._dispatch(entries)
+                try:
+                    await self._consume()
+                except REDIS_UNAVAILABLE as exc:
+                    await self._reconnect(exc)
         finally:
             self._ready = False
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
             log.info("worker %s stopped", self.consumer)
+
+    async def _consume(self) -> None:
+        """Read and dispatch until stopped; raises when Redis goes away."""
+        next_housekeeping = 0.0
+        while not self._stopping.is_set():
+            self.last_beat = time.monotonic()
+            free = await self._wait_for_slots()
+            if free == 0:
+                continue
+            if time.monotonic() >= next_housekeeping:
+                next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL_S
+                entries = await self._housekeeping(free)
+                if entries:
+                    self._dispatch(entries)
+                    continue
+            entries = await self.streams.read(
+                self.stream,
+                self.group,
+                self.consumer,
+                self.message_type,
+                count=min(self.read_count, free),
+                block_ms=500,
+            )
+            self._dispatch(entries)
+
+    async def _reconnect(self, cause: Exception) -> None:
+        """Wait for Redis with doubling, capped backoff, then make sure the group is there again (a Redis that
+        came back without its AOF has none). Entries in flight meanwhile stay pending and are reclaimed."""
+        WORKER_REDIS_RECONNECTS.labels(self.stream, self.group).inc()
+        log.warning("worker %s lost Redis (%s: %s); reconnecting", self.consumer, type(cause).__name__, cause)
+        self._ready = False
+        wait_s, cap_s = RECONNECT_BACKOFF_S
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), wait_s)
+            self.last_beat = time.monotonic()  # waiting on Redis is not a stalled loop
+            try:
+                await self.streams.ensure_group(self.stream, self.group)
+            except REDIS_UNAVAILABLE:
+                wait_s = min(wait_s * 2, cap_s)
+                continue
+            log.info("worker %s reconnected to Redis", self.consumer)
+            self._ready = True
+            return
 
     async def _wait_for_slots(self) -> int:
         """Number of messages we may take now (0 after a short wait if all slots are busy)."""

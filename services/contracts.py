@@ -522,6 +522,14 @@ class ScheduleConfig(_Strict):
         description="wall-clock budget of one learner run: the first step that ends past it is the last, with "
         "its eval and checkpoint, and the job succeeds with the steps done (a resumed run gets a fresh budget)",
     )
+    max_restarts: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="times a learner that died without reporting its end (killed, out of memory, node lost) is "
+        "relaunched from its last checkpoint, with backoff, before the job fails; Ray Train restarts a failed "
+        "rank as often within one launch",
+    )
 
 
 class JobSpec(_Strict):

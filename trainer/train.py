@@ -136,7 +136,7 @@ def collective_timeout_s(spec: JobSpec) -> int:
 
 
 def _fit(config: dict[str, Any], spec: JobSpec) -> None:
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.train.v2.api.exceptions import WorkerGroupError
 
@@ -150,7 +150,12 @@ def _fit(config: dict[str, Any], spec: JobSpec) -> None:
             use_gpu=use_gpu,
             resources_per_worker={"CPU": spec.resources.learner_cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
         ),
-        run_config=RunConfig(name=config["job_id"], storage_path=str(Path(config["output_dir"]).resolve() / "ray")),
+        run_config=RunConfig(
+            name=config["job_id"],
+            storage_path=str(Path(config["output_dir"]).resolve() / "ray"),
+            # A failed rank restarts the worker group, which resumes from the learner's last checkpoint.
+            failure_config=FailureConfig(max_failures=spec.schedule.max_restarts),
+        ),
     )
     try:
         trainer.fit()

@@ -152,7 +152,8 @@ def build_rayjob(job: JobRecord, settings: KubeRaySettings) -> dict[str, Any]:
             "ttlSecondsAfterFinished": settings.ttl_seconds_after_finished,
             "submissionMode": "K8sJobMode",
             "submitterPodTemplate": submitter,
-            "backoffLimit": 0,
+            # A failed submission is retried on a fresh cluster; the learner resumes from its last checkpoint.
+            "backoffLimit": job.spec.schedule.max_restarts,
             "rayClusterSpec": {
                 "rayVersion": settings.ray_version,
                 "headGroupSpec": {
@@ -201,6 +202,8 @@ def status_of(rayjob: dict[str, Any]) -> LaunchStatus:
     message = status.get("message", "") or status.get("reason", "")
     if job_status == "SUCCEEDED":
         return LaunchStatus(JobState.SUCCEEDED)
+    if deployment == "Retrying":  # an attempt failed and backoffLimit allows another: still the job's learner
+        return LaunchStatus(JobState.RUNNING, f"RayJob retrying after {status.get('failed', 0)} failed attempt(s)")
     if job_status in ("FAILED", "STOPPED") or deployment in ("Failed", "ValidationFailed"):
         return LaunchStatus(JobState.FAILED, f"RayJob {job_status or deployment}: {message}".strip(": "))
     if deployment == "Complete":
@@ -226,6 +229,7 @@ def not_started_message(job: JobRecord, settings: KubeRaySettings, deployment: s
 
 class KubeRayLauncher:
     name = "kuberay"
+    relaunches = False  # the RayJob's backoffLimit retries a failed learner; Ray Train's FailureConfig a rank
     capacity = None  # the Kubernetes cluster places learners; one that cannot be placed fails after start_timeout_s
 
     def __init__(self, settings: KubeRaySettings, api_client: k8s.ApiClient | None = None) -> None:

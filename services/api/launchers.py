@@ -36,6 +36,7 @@ class LaunchStatus:
 class Launcher(Protocol):
     name: str
     capacity: Capacity | None  # what one learner can have, when the launcher knows (None: the cluster decides)
+    relaunches: bool  # the scheduler relaunches a learner that died; False: the cluster retries it by itself
 
     async def start(self, job: JobRecord) -> dict[str, Any]:
         """Start the learner; returns a JSON-able handle stored with the job."""
@@ -50,6 +51,7 @@ class LocalLauncher:
     """Learners as local processes, each in its own session so cancel ends the whole process tree."""
 
     name = "local"
+    relaunches = True
 
     def __init__(
         self,

@@ -2,7 +2,10 @@
 
 Each tick: follow the events of active jobs (a learner reports RUNNING, progress, checkpoints and its end
 through its job's events stream), notice learners that ended without saying so, and admit queued jobs while
-there is room. Every state change goes through the store's checked transitions, so ticks are idempotent.
+there is room. A learner that died without reporting its end is relaunched (it resumes from its last
+checkpoint) after a doubling backoff, up to the job's `schedule.max_restarts`, when the launcher leaves
+relaunching to us (the KubeRay launcher hands the same limit to the RayJob instead).
+Every state change goes through the store's checked transitions, so ticks are idempotent.
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ import contextlib
 import logging
 import time
 
-from services.contracts import JobState
-from services.telemetry import gauge
+from services.contracts import JobEvent, JobState
+from services.telemetry import counter, gauge
 
 from .launchers import Launcher
 from .store import ALLOWED, IllegalTransition, JobNotFound, JobRecord, JobStore
@@ -21,7 +24,9 @@ from .store import ALLOWED, IllegalTransition, JobNotFound, JobRecord, JobStore
 log = logging.getLogger(__name__)
 
 JOBS = gauge("searchr1_jobs", "Training jobs by state", ["state"])
+RESTARTS = counter("searchr1_job_restarts_total", "Learners relaunched after dying mid-job", ["job"])
 ACTIVE = (JobState.STARTING, JobState.RUNNING)
+RESTART_BACKOFF_S = (1.0, 60.0)  # first wait, cap: doubled for each further relaunch of the same job
 
 
 class Scheduler:
@@ -41,6 +46,7 @@ class Scheduler:
         self.interval_s = interval_s
         self.retention_s = retention_s  # ended jobs created longer ago are deleted; None: kept
         self._cursors: dict[str, str] = {}
+        self._relaunch_at: dict[str, float] = {}  # job id -> monotonic time its dead learner is relaunched
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
@@ -50,6 +56,7 @@ class Scheduler:
             await self._follow_events(job)
             await self._check_launch(job)
         self._cursors = {job.id: self._cursors[job.id] for job in active if job.id in self._cursors}  # ended: forgotten
+        self._relaunch_at = {job.id: self._relaunch_at[job.id] for job in active if job.id in self._relaunch_at}
         running = sum(1 for job in await self._refresh(active) if job.state in ACTIVE)
         for job_id in await self.store.queued():
             if running >= self.max_running:
@@ -114,17 +121,55 @@ class Scheduler:
         self._cursors[job.id] = cursor
 
     async def _check_launch(self, job: JobRecord) -> None:
-        """A learner that ended without reporting its end is settled by its exit status."""
+        """A learner that ended without reporting its end is relaunched while it has restarts left, else settled
+        by its exit status."""
         current = await self.store.get(job.id)
         if current.state not in ACTIVE:
+            return
+        due = self._relaunch_at.get(job.id)
+        if due is not None:
+            if time.monotonic() >= due:
+                del self._relaunch_at[job.id]
+                await self._relaunch(current)
             return
         status = await self.launcher.poll(current)
         if status.state.terminal:
             await self._follow_events(current)  # it may have reported its end just before exiting
             current = await self.store.get(job.id)
-            if current.state in ACTIVE:
-                with contextlib.suppress(IllegalTransition):
-                    await self.store.transition(job.id, status.state, message=status.message)
+            if current.state not in ACTIVE:
+                return
+            restarts = int(current.handle.get("restarts", 0))
+            if (
+                status.state is JobState.FAILED
+                and self.launcher.relaunches
+                and restarts < current.spec.schedule.max_restarts
+            ):
+                wait_s = min(RESTART_BACKOFF_S[0] * 2**restarts, RESTART_BACKOFF_S[1])
+                self._relaunch_at[job.id] = time.monotonic() + wait_s
+                limit = current.spec.schedule.max_restarts
+                message = f"{status.message}; relaunching in {wait_s:g} s (restart {restarts + 1} of {limit})"
+                log.warning("job %s: %s", job.id, message)
+                await self.store.publish_event(JobEvent(job_id=job.id, event="log", message=message))
+                return
+            with contextlib.suppress(IllegalTransition):
+                await self.store.transition(job.id, status.state, message=status.message)
+
+    async def _relaunch(self, job: JobRecord) -> None:
+        restarts = int(job.handle.get("restarts", 0)) + 1
+        try:
+            handle = await self.launcher.start(job)
+        except Exception as exc:
+            log.exception("relaunching %s failed", job.id)
+            with contextlib.suppress(IllegalTransition):
+                await self.store.transition(job.id, JobState.FAILED, message=f"relaunch failed: {exc}")
+            return
+        await self.store.set_handle(job.id, {**handle, "restarts": restarts})
+        RESTARTS.labels(job.id).inc()
+        message = f"learner relaunched (restart {restarts} of {job.spec.schedule.max_restarts})"
+        await self.store.publish_event(
+            JobEvent(job_id=job.id, event="log", message=message, data={"restarts": restarts})
+        )
+        log.info("job %s: %s", job.id, message)
 
     async def _export_counts(self) -> None:
         for state, count in (await self.store.counts()).items():

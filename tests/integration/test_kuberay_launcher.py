@@ -34,6 +34,7 @@ RECORDED_STATUS = {
     "running": {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING", "jobId": "x"},
     "succeeded": {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED", "message": "Job finished successfully."},
     "failed": {"jobDeploymentStatus": "Failed", "jobStatus": "FAILED", "reason": "AppFailed", "message": "exit 1"},
+    "retrying": {"jobDeploymentStatus": "Retrying", "jobStatus": "FAILED", "failed": 1, "message": "exit 1"},
 }
 
 
@@ -58,6 +59,14 @@ def test_rayjob_manifest_is_valid_against_the_kuberay_crd_schema() -> None:
     assert worker["replicas"] == 2
     assert worker["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 8
     assert "--job-id tiny-abc123" in manifest["spec"]["entrypoint"]
+    assert manifest["spec"]["backoffLimit"] == 0, "no retries unless the job asks"
+    retried = job_record()
+    retried.spec = retried.spec.model_copy(
+        update={"schedule": retried.spec.schedule.model_copy(update={"max_restarts": 3})}
+    )
+    retrying = build_rayjob(retried, settings)
+    jsonschema.validate(retrying, schema)
+    assert retrying["spec"]["backoffLimit"] == 3, "KubeRay retries the learner as often as the job allows"
     broken = copy.deepcopy(manifest)
     broken["spec"]["shutdownAfterJobFinishes"] = "yes"
     with pytest.raises(jsonschema.ValidationError):
@@ -69,7 +78,13 @@ def test_rayjob_manifest_is_valid_against_the_kuberay_crd_schema() -> None:
 
 @pytest.mark.parametrize(
     ("recorded", "expected"),
-    [("initializing", "RUNNING"), ("running", "RUNNING"), ("succeeded", "SUCCEEDED"), ("failed", "FAILED")],
+    [
+        ("initializing", "RUNNING"),
+        ("running", "RUNNING"),
+        ("succeeded", "SUCCEEDED"),
+        ("failed", "FAILED"),
+        ("retrying", "RUNNING"),
+    ],
 )
 def test_rayjob_status_maps_to_job_state(recorded: str, expected: str) -> None:
     status = status_of({"status": RECORDED_STATUS[recorded]})

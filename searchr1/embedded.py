@@ -1,7 +1,9 @@
 """The embedded platform: every tier as a local process, health-checked, with logs under one folder.
 
 `up` starts services in order and records what it started in `<run_dir>/platform.json`; `down` stops exactly
-those process groups (and nothing else), first politely (SIGTERM: workers drain), then by force.
+those process groups (and nothing else), first politely (SIGTERM: workers drain), then by force. A service
+that crashes later is started again by its keepalive (searchr1/keepalive.py), as Kubernetes restarts a pod;
+`restarts` says how often.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from searchr1.keepalive import restarts
 from services.processes import group_alive, pid_alive, stop_group
 
 STATE_FILE = "platform.json"
@@ -32,6 +35,7 @@ class ServiceSpec:
     env: dict[str, str] = field(default_factory=dict)
     startup_timeout_s: float = 120.0
     grace_s: float = 2.0  # without a health URL: ready once it has stayed up this long
+    restart: bool = True  # started again whenever it exits after a good start (searchr1.keepalive)
 
 
 @dataclass
@@ -58,6 +62,13 @@ class EmbeddedPlatform:
             return []
         recorded = [RunningService(**entry) for entry in json.loads(self.state_file.read_text())["services"]]
         return [service for service in recorded if group_alive(service.pid)]
+
+    def restarts(self) -> dict[str, int]:
+        """How often each running service was restarted after a crash."""
+        return {service.name: restarts(self._restarts_file(service.name)) for service in self.running()}
+
+    def _restarts_file(self, name: str) -> Path:
+        return self.log_dir / f"{name}.restarts"
 
     def up(self, specs: list[ServiceSpec], progress: bool = True) -> list[RunningService]:
         """Start each service in order and wait until it is healthy; on any failure stop what was started."""
@@ -91,9 +102,12 @@ class EmbeddedPlatform:
 
     def _start(self, spec: ServiceSpec) -> RunningService:
         log_path = self.log_dir / f"{spec.name}.log"
+        command = spec.command
+        if spec.restart:
+            command = [sys.executable, "-m", "searchr1.keepalive", str(self._restarts_file(spec.name)), "--", *command]
         with log_path.open("ab") as log:
             process = subprocess.Popen(
-                spec.command,
+                command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **spec.env},
@@ -238,6 +252,7 @@ def platform_specs(config: PlatformConfig, redis_url: str) -> list[ServiceSpec]:
             None,
             env={k: v for k, v in common.items() if k != "RAY_ADDRESS"},
             grace_s=8.0,
+            restart=False,  # a new head is a new cluster: the rollout replicas and learners of the old one are gone
         ),
         ServiceSpec(
             "retriever",

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -29,6 +31,7 @@ from services.telemetry import (
     STREAM_LENGTH,
     STREAM_PENDING,
     STREAM_PUBLISHED,
+    counter,
 )
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,8 @@ M = TypeVar("M", bound=Message)
 # What a call raises while Redis is unreachable, restarting or still loading its AOF (BusyLoadingError is a
 # ConnectionError): the caller waits and retries, the connection pool reconnects by itself.
 REDIS_UNAVAILABLE: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError)
+REDIS_RETRY = (0.1, 2.0, 20)  # first wait (s), cap (s), attempts of one call
+REDIS_RETRIES = counter("searchr1_redis_retries_total", "Redis calls retried after Redis was unreachable")
 
 KIND_FIELD = b"t"
 DATA_FIELD = b"d"
@@ -113,13 +118,29 @@ class GroupStats:
     consumers: int
 
 
+class _CountedRetry(Retry):
+    """redis-py's retry, counting each failed attempt in `searchr1_redis_retries_total`."""
+
+    async def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):  # type: ignore[no-untyped-def]
+        async def counted(error: Exception, *count: int) -> None:
+            REDIS_RETRIES.inc()
+            await fail(error, *count)
+
+        return await super().call_with_retry(do, counted, is_retryable, with_failure_count)
+
+
 def connect(settings: Settings) -> aioredis.Redis:
-    """A Redis client with timeouts on every call (binary-safe: responses stay bytes)."""
+    """A Redis client with timeouts on every call (binary-safe: responses stay bytes). A call that finds Redis
+    gone (restarting, loading its AOF) reconnects and is retried with doubling backoff (`REDIS_RETRY`: first
+    wait, cap, attempts: about half a minute in all) before it raises; every tier's calls go through here."""
+    first_s, cap_s, attempts = REDIS_RETRY
     return aioredis.Redis.from_url(
         settings.redis_url,
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
         health_check_interval=30,
+        retry=_CountedRetry(ExponentialBackoff(cap=cap_s, base=first_s), attempts),
+        retry_on_error=list(REDIS_UNAVAILABLE),
     )
 
 

@@ -4,8 +4,9 @@ GRPO: group-normalised outcome advantages, KL to the reference as a loss. PPO: K
 GAE with the critic's values, clipped value loss. Both: the loss mask keeps inserted tokens out of the policy
 loss, the entropy bonus and the KL; mini-batches with gradient accumulation over micro-batches; grad clipping.
 
-Micro-batches group rows of alike length (longest first) and drop the columns that are padding in all their rows,
-and logits are computed for response positions only: padding and prompts cost no vocabulary projection.
+Micro-batches hold the rows of a prompt together (longest first) and drop the columns that are padding in all their
+rows; a prompt that several rows repeat is computed once (`trainer.prefix`), and logits are computed for response
+positions only: padding and prompts cost no vocabulary projection.
 On several ranks every rank holds the whole batch and computes its share of each mini-batch (`Ranks`); FSDP
 averages the ranks' gradients, so each rank's loss is scaled by the world size and normalised by the token count
 of the whole mini-batch: the update is the one a single rank makes on the whole batch.
@@ -24,6 +25,7 @@ from torch.distributed.tensor import DTensor
 from services.contracts import GRPOConfig, PPOConfig
 from trainer import algos
 from trainer.batch import TrainingBatch
+from trainer.prefix import prompt_groups_first, shared_prompt_logits
 from trainer.ranks import SINGLE, Ranks
 
 
@@ -64,17 +66,16 @@ class StepStats:
 
 
 def forward_logits(model: nn.Module, batch: TrainingBatch) -> Tensor:
-    """Logits of the positions that predict the response tokens and of the last one: `(B, R + 1, vocab)`."""
+    """Logits of the positions that predict the response tokens and of the last one: `(B, R + 1, vocab)`.
+    Prompts that several rows repeat are run once (`trainer.prefix`)."""
+    shared = shared_prompt_logits(model, batch)
+    if shared is not None:
+        return shared
     output = model(
         input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
         logits_to_keep=batch.response_len + 1,
     )  # fmt: skip
     return output.logits
-
-
-def longest_first(batch: TrainingBatch, rows: Tensor) -> Tensor:
-    """`rows` ordered by length, longest first, so that micro-batches hold rows of alike length."""
-    return rows[torch.argsort(batch.lengths()[rows], descending=True, stable=True)]
 
 
 def pad_columns(values: Tensor, width: int) -> Tensor:
@@ -91,7 +92,7 @@ def rows_in_chunks(
 ) -> Tensor:
     """`compute` (`(b, r)` values of a compacted batch) over every row of `batch`, `chunk` rows at a time, each
     rank on its share; `(B, R)` values of all rows on every rank."""
-    order = longest_first(batch, torch.arange(len(batch)))
+    order = prompt_groups_first(batch, torch.arange(len(batch)))
     parts: list[Tensor] = []
     for index in ranks.micro_batches(order, chunk):
         out = compute(batch.select(index if index is not None else [0]).compact())  # out of rows: still join FSDP
@@ -178,6 +179,8 @@ def _train_step(
     advantages, returns, old_values, extra = advantages_for(
         config, batch, models, old_logprobs, ref_logprobs, chunk, ranks
     )
+    step = UpdateInputs(config, batch, models, temperature, ranks, advantages, old_logprobs, ref_logprobs, returns,
+                        old_values)  # fmt: skip
     stats = StepStats()
     for name, value in extra.items():
         stats.add(name, value)
@@ -187,8 +190,7 @@ def _train_step(
         order = ranks.broadcast(torch.randperm(len(batch)))  # rank 0's shuffle: every rank takes the same rows
         for start in range(0, len(batch), mini):
             rows = order[start : start + mini]
-            _update_minibatch(config, batch, rows, models, old_logprobs, ref_logprobs, advantages, returns, old_values,
-                              temperature, stats, ranks)  # fmt: skip
+            _update_minibatch(step, rows, stats)
     result = stats.means()
     result["lr"] = models.optimizer.param_groups[0]["lr"]
     models.scheduler.step()
@@ -202,13 +204,28 @@ def micro_per_rank(config: PPOConfig | GRPOConfig, ranks: Ranks) -> int:
     return max(1, config.micro_batch_size // ranks.world)
 
 
-def _update_minibatch(
-    config: PPOConfig | GRPOConfig, batch: TrainingBatch, rows: Tensor, models: Models,
-    old_logprobs: Tensor | None, ref_logprobs: Tensor | None, advantages: Tensor, returns: Tensor | None,
-    old_values: Tensor | None, temperature: float, stats: StepStats, ranks: Ranks,
-) -> None:  # fmt: skip
-    """One optimiser step on `rows`. `old_logprobs` None: the policy has not moved since sampling-time scoring, so
-    each micro-batch's own (detached) log-probabilities are the old ones."""
+@dataclass(frozen=True)
+class UpdateInputs:
+    """What every mini-batch update of one training step reads: the step's batch and models and what was computed
+    on the whole batch before any update. `old_logprobs` None: the policy has not moved since sampling-time
+    scoring, so each micro-batch's own (detached) log-probabilities are the old ones."""
+
+    config: PPOConfig | GRPOConfig
+    batch: TrainingBatch
+    models: Models
+    temperature: float
+    ranks: Ranks
+    advantages: Tensor
+    old_logprobs: Tensor | None = None
+    ref_logprobs: Tensor | None = None
+    returns: Tensor | None = None  # PPO
+    old_values: Tensor | None = None  # PPO
+
+
+def _update_minibatch(step: UpdateInputs, rows: Tensor, stats: StepStats) -> None:
+    """One optimiser step on `rows` of the step's batch."""
+    config, batch, models, ranks, temperature = step.config, step.batch, step.models, step.ranks, step.temperature
+    old_logprobs, ref_logprobs, advantages = step.old_logprobs, step.ref_logprobs, step.advantages
     policy = models.policy
     policy.train()
     models.optimizer.zero_grad(set_to_none=True)
@@ -217,7 +234,7 @@ def _update_minibatch(
     names = ("policy_loss", "entropy", "clip_fraction", "approx_kl", *(("kl",) if kl_loss else ()),
              *(("behaviour_kl",) if old_logprobs is None else ()))  # fmt: skip
     sums = dict.fromkeys(names, 0.0)
-    for micro in ranks.micro_batches(longest_first(batch, rows), micro_per_rank(config, ranks)):
+    for micro in ranks.micro_batches(prompt_groups_first(batch, rows), micro_per_rank(config, ranks)):
         index = micro if micro is not None else rows[:1]  # a rank out of rows still joins FSDP's collectives
         weight = float(ranks.world) if micro is not None else 0.0  # undoes FSDP's mean over ranks
         part = batch.select(index).compact()
@@ -255,8 +272,7 @@ def _update_minibatch(
     stats.add("grad_norm", clip_gradients(policy, config.grad_clip))
     models.optimizer.step()
     if isinstance(config, PPOConfig) and models.critic is not None:
-        assert returns is not None and old_values is not None and models.critic_optimizer is not None
-        _update_critic(config, batch, rows, models, returns, old_values, stats, ranks)
+        _update_critic(config, step, rows, stats)
 
 
 def clip_gradients(model: nn.Module, max_norm: float) -> float:
@@ -265,17 +281,16 @@ def clip_gradients(model: nn.Module, max_norm: float) -> float:
     return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
 
 
-def _update_critic(
-    config: PPOConfig, batch: TrainingBatch, rows: Tensor, models: Models, returns: Tensor, old_values: Tensor,
-    stats: StepStats, ranks: Ranks,
-) -> None:  # fmt: skip
+def _update_critic(config: PPOConfig, step: UpdateInputs, rows: Tensor, stats: StepStats) -> None:
+    batch, models, ranks, returns, old_values = step.batch, step.models, step.ranks, step.returns, step.old_values
     critic = models.critic
     assert critic is not None and models.critic_optimizer is not None
+    assert returns is not None and old_values is not None
     critic.train()
     models.critic_optimizer.zero_grad(set_to_none=True)
     tokens = float(batch.response_mask[rows].sum().clamp(min=1))
     value_loss = 0.0
-    for micro in ranks.micro_batches(longest_first(batch, rows), micro_per_rank(config, ranks)):
+    for micro in ranks.micro_batches(prompt_groups_first(batch, rows), micro_per_rank(config, ranks)):
         index = micro if micro is not None else rows[:1]
         part = batch.select(index).compact()
         r = part.response_len

@@ -163,8 +163,8 @@ def test_one_update_on_the_whole_batch_takes_old_logprobs_from_its_own_forward(m
     old = logprobs_in_chunks(two_pass.policy, batch, 1.0, 2)
     ref = logprobs_in_chunks(two_pass.reference, batch, 1.0, 2)
     advantages, *_ = update.advantages_for(spec.algorithm, batch, two_pass, old, ref, 2)
-    update._update_minibatch(spec.algorithm, batch, torch.arange(len(batch)), two_pass, old, ref, advantages, None,
-                             None, 1.0, update.StepStats(), update.SINGLE)  # fmt: skip
+    inputs = update.UpdateInputs(spec.algorithm, batch, two_pass, 1.0, update.SINGLE, advantages, old, ref)
+    update._update_minibatch(inputs, torch.arange(len(batch)), update.StepStats())
     for (name, a), (_, b) in zip(single.policy.named_parameters(), two_pass.policy.named_parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
     assert stats["clip_fraction"] == 0.0 and abs(stats["approx_kl"]) < 1e-9, "the ratio is 1 on the first update"

@@ -19,7 +19,6 @@ import re
 import shutil
 import subprocess
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -814,10 +813,19 @@ def test_promql_of_rules_and_every_panel_parses(tmp_path: Path) -> None:
 
 
 def test_pending_metrics_are_still_pending() -> None:
-    """Once a tier defines a pending name, the list above should lose it (a warning, not a failure)."""
+    """Once a tier defines a pending name, the list above must lose it: the dashboards' check then covers it."""
     done = sorted(set(PENDING_METRICS) & defined_metrics())
-    if done:
-        warnings.warn(f"now defined by code, drop from PENDING_METRICS: {done}", stacklevel=1)
+    assert not done, f"now defined by code, drop from PENDING_METRICS: {done}"
+
+
+def test_the_install_notes_export_the_variables_the_cli_reads() -> None:
+    """What NOTES.txt tells a person to export is what `searchr1 jobs ...` (services/api/client.py) reads."""
+    [notes] = [text for path, text in render({}).items() if path.endswith("NOTES.txt")]
+    exported = set(re.findall(r"export (SEARCHR1_[A-Z_]+)=", notes))
+    assert exported == {"SEARCHR1_API_URL", "SEARCHR1_API_TOKEN"}
+    client = (ROOT / "services" / "api" / "client.py").read_text()
+    assert all(f'os.environ.get("{name}")' in client for name in exported)
+    assert set(re.findall(r"\$(SEARCHR1_[A-Z_]+)", notes)) == exported, "every variable used is one exported"
 
 
 # ------------------------------------------------------------------------------------------------ docs and images

@@ -30,8 +30,8 @@ import numpy as np
 
 from bench.qa import SHARED_DATA, require_shared_data
 from reward.scoring import check_format, format_reward, normalize_answer
-from rollout.agent import Agent, AgentConfig, Document, Episode, HFTextCodec
-from services.contracts import RolloutConfig
+from rollout.agent import Agent, Document, Episode, HFTextCodec
+from services.contracts import EpisodeConfig, RolloutConfig
 from services.demo import DemoData, demo_job, from_shared_data
 from services.prompts import PROMPT_STYLES, PromptStyle, build_prompt_ids, build_turn_prefix_ids
 
@@ -88,12 +88,14 @@ def first_turn_text(codec: HFTextCodec, episode: Episode) -> str:
 
 
 async def measure_style(
-    agent: Agent, codec: HFTextCodec, questions: list[dict], style: PromptStyle, group: int, max_prompt: int
+    agent: Agent, codec: HFTextCodec, questions: list[dict], style: PromptStyle, group: int, episode: EpisodeConfig
 ) -> StyleResult:
     prefix = build_turn_prefix_ids(codec.tokenizer, style)
-    prompts = [build_prompt_ids(codec.tokenizer, q["question"], max_prompt, style) for q in questions]
+    prompts = [build_prompt_ids(codec.tokenizer, q["question"], episode.max_prompt_tokens, style) for q in questions]
     started = time.perf_counter()
-    episodes = await asyncio.gather(*(agent.run(p, turn_prefix_ids=prefix) for p in prompts for _ in range(group)))
+    episodes = await asyncio.gather(
+        *(agent.run(p, episode, turn_prefix_ids=prefix) for p in prompts for _ in range(group))
+    )
     seconds = time.perf_counter() - started
     rewards = np.array([
         format_reward(codec.decode(e.response_ids), questions[i // group]["golden_answers"])
@@ -118,14 +120,14 @@ async def measure_style(
 async def measure(args: argparse.Namespace, questions: list[dict], corpus: Path) -> list[StyleResult]:
     from rollout.worker import RolloutSettings, build_engine
 
-    config = AgentConfig.from_rollout_config(demo_rollout(), max_turns=args.max_turns)
+    episode = demo_rollout().episode.model_copy(update={"max_turns": args.max_turns})
     settings = RolloutSettings(model=args.model, engine="vllm", kv_cache_gib=1.0, max_model_len=2048)
     engine = await build_engine(settings)
     codec = HFTextCodec(engine.tokenizer)  # type: ignore[attr-defined]
-    agent = Agent(engine, codec, WordOverlapRetriever(corpus), config)
+    agent = Agent(engine, codec, WordOverlapRetriever(corpus))
     try:
         return [
-            await measure_style(agent, codec, questions, style, args.group, config.max_prompt_tokens)
+            await measure_style(agent, codec, questions, style, args.group, episode)
             for style in args.style or PROMPT_STYLES
         ]
     finally:

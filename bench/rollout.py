@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 from bench.qa import ROOT, corpus_subset, load_questions, require_shared_data
 from bench.retriever import start_server, stop_server
-from rollout.agent import Agent, AgentConfig, HFTextCodec
+from rollout.agent import Agent, HFTextCodec
 from rollout.engines.base import Engine, GenerationResult
 from rollout.retrieval_client import BatchingRetriever, HTTPRetriever
 from searchr1.redis_server import free_port
-from services.contracts import RolloutRequest, SamplingParams, Trajectory
+from services.contracts import EpisodeConfig, RolloutRequest, Trajectory
 
 if TYPE_CHECKING:
     from rollout.engines.vllm import VLLMEngine
@@ -101,10 +101,13 @@ def requests(tokenizer: Any, questions: Sequence[dict[str, Any]], args: argparse
             prompt_ids=build_prompt_ids(tokenizer, q["question"]),
             n_samples=args.group,
             golden_answers=q["golden_answers"],
-            sampling=SamplingParams(max_tokens_per_turn=args.tokens_per_turn),
-            max_turns=args.max_turns,
-            max_obs_tokens=args.obs_tokens,
-            max_context_tokens=args.context_tokens,
+            episode=EpisodeConfig(
+                max_turns=args.max_turns,
+                max_tokens_per_turn=args.tokens_per_turn,
+                max_obs_tokens=args.obs_tokens,
+                max_context_tokens=args.context_tokens,
+                max_prompt_tokens=args.context_tokens - args.tokens_per_turn,
+            ),
         )
         for q in questions
     ]
@@ -172,12 +175,11 @@ async def run_lockstep(engine: Engine, batch: list[RolloutRequest], retriever_ur
     episodes = [(request, i) for request in batch for i in range(request.n_samples)]
     front = LockStep(engine, len(episodes))
     retriever = BatchingRetriever(HTTPRetriever(retriever_url, timeout_s=60))
-    agent = Agent(front, HFTextCodec(engine.tokenizer), retriever, AgentConfig())  # type: ignore[arg-type]
+    agent = Agent(front, HFTextCodec(engine.tokenizer), retriever)  # type: ignore[arg-type]
 
     async def play(request: RolloutRequest) -> int:
         try:
-            config = AgentConfig.from_request(request)
-            episode = await agent.run(request.prompt_ids.tolist(), config=config)
+            episode = await agent.run(request.prompt_ids.tolist(), request.episode)
             return sum(episode.loss_mask)
         finally:
             front.finished()

@@ -35,7 +35,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from rollout.engines.base import GenerationResult, Generator, SamplingOptions
-from services.contracts import RolloutConfig, RolloutRequest, Trajectory, VersionSpan
+from services.contracts import EpisodeConfig, RolloutRequest, Trajectory, VersionSpan
 
 SEARCH_STOP = "</search>"
 ANSWER_STOP = "</answer>"
@@ -126,77 +126,7 @@ def parse_action(text: str) -> tuple[Action | None, str]:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Configuration and results
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    max_turns: int = 4
-    max_tokens_per_turn: int = 500
-    max_obs_tokens: int = 500
-    max_context_tokens: int = 4096
-    max_prompt_tokens: int = 2048
-    topk: int = 3
-    temperature: float = 1.0
-    top_p: float = 1.0
-    retrieval_timeout_s: float = 60.0
-    corrective_message: str = CORRECTIVE_MESSAGE
-    search_enabled: bool = True  # False: every search finds nothing (the no-search control of an eval)
-
-    def __post_init__(self) -> None:
-        if self.max_turns < 0:
-            raise ValueError(f"max_turns must be >= 0, got {self.max_turns}")
-        if self.max_tokens_per_turn < 1:
-            raise ValueError(f"max_tokens_per_turn must be >= 1, got {self.max_tokens_per_turn}")
-        if self.max_context_tokens - self.max_tokens_per_turn < 1:
-            raise ValueError(
-                f"max_context_tokens ({self.max_context_tokens}) must exceed max_tokens_per_turn "
-                f"({self.max_tokens_per_turn}): the model's input is the newest "
-                "max_context_tokens - max_tokens_per_turn tokens"
-            )
-        if self.max_prompt_tokens < 1:
-            raise ValueError(f"max_prompt_tokens must be >= 1, got {self.max_prompt_tokens}")
-        if self.topk < 1:
-            raise ValueError(f"topk must be >= 1, got {self.topk}")
-        if self.retrieval_timeout_s <= 0:
-            raise ValueError(f"retrieval_timeout_s must be > 0, got {self.retrieval_timeout_s}")
-        SamplingOptions(self.temperature, self.top_p)  # validates both
-
-    @property
-    def max_input_tokens(self) -> int:
-        return self.max_context_tokens - self.max_tokens_per_turn
-
-    @classmethod
-    def from_rollout_config(cls, config: RolloutConfig, **overrides: Any) -> AgentConfig:
-        fields_ = {
-            "max_turns": config.max_turns,
-            "max_tokens_per_turn": config.max_tokens_per_turn,
-            "max_obs_tokens": config.max_obs_tokens,
-            "max_context_tokens": config.max_context_tokens,
-            "max_prompt_tokens": config.max_prompt_tokens,
-            "topk": config.topk,
-            "temperature": config.temperature,
-            "top_p": config.top_p,
-        }
-        return cls(**{**fields_, **overrides})
-
-    @classmethod
-    def from_request(cls, request: RolloutRequest, **overrides: Any) -> AgentConfig:
-        """The episode settings a rollout request carries; `overrides` fill what it does not (prompt cap,
-        timeouts). Eval requests decode greedily."""
-        fields_: dict[str, Any] = {
-            "max_turns": request.max_turns,
-            "max_tokens_per_turn": request.sampling.max_tokens_per_turn,
-            "max_obs_tokens": request.max_obs_tokens,
-            "max_context_tokens": request.max_context_tokens,
-            "topk": request.topk,
-            "temperature": 0.0 if request.is_eval else request.sampling.temperature,
-            "top_p": 1.0 if request.is_eval else request.sampling.top_p,
-            "search_enabled": request.search_enabled,
-        }
-        fields_["max_prompt_tokens"] = min(2048, fields_["max_context_tokens"] - fields_["max_tokens_per_turn"])
-        fields_.update(overrides)
-        return cls(**fields_)
+# Results
 
 
 @dataclass
@@ -275,31 +205,37 @@ class Episode:
 
 class Agent:
     """Runs episodes against one engine, one tokenizer and one retriever; safe to use from many concurrent
-    tasks (it keeps no per-episode state)."""
+    tasks (it keeps no per-episode state). How an episode plays is the `EpisodeConfig` each run is given."""
 
-    def __init__(self, engine: Generator, codec: TextCodec, retriever: Retriever, config: AgentConfig | None = None):
+    def __init__(
+        self,
+        engine: Generator,
+        codec: TextCodec,
+        retriever: Retriever,
+        retrieval_timeout_s: float = 60.0,
+        corrective_message: str = CORRECTIVE_MESSAGE,
+    ):
+        if retrieval_timeout_s <= 0:
+            raise ValueError(f"retrieval_timeout_s must be > 0, got {retrieval_timeout_s}")
         self.engine = engine
         self.codec = codec
         self.retriever = retriever
-        self.config = config or AgentConfig()
-        self._corrective_ids = codec.encode(self.config.corrective_message)
+        self.retrieval_timeout_s = retrieval_timeout_s
+        self._corrective_ids = codec.encode(corrective_message)
         self._info_close_ids = codec.encode(INFO_CLOSE)
-        self._check(self.config)
 
-    def _check(self, config: AgentConfig) -> None:
-        if len(self._info_close_ids) >= config.max_obs_tokens:
+    def _check(self, episode: EpisodeConfig) -> None:
+        if len(self._info_close_ids) >= episode.max_obs_tokens:
             raise ValueError(
-                f"max_obs_tokens ({config.max_obs_tokens}) leaves no room beside the closing "
+                f"max_obs_tokens ({episode.max_obs_tokens}) leaves no room beside the closing "
                 f"{INFO_CLOSE!r} ({len(self._info_close_ids)} tokens)"
             )
 
-    def observation_ids(
-        self, documents: Sequence[Document], max_obs_tokens: int | None = None
-    ) -> tuple[list[int], bool]:
-        """The information block for `documents` as token ids, at most `max_obs_tokens` long (the agent's
-        setting by default), always ending with the closing tag. Returns (ids, truncated)."""
+    def observation_ids(self, documents: Sequence[Document], max_obs_tokens: int) -> tuple[list[int], bool]:
+        """The information block for `documents` as token ids, at most `max_obs_tokens` long, always ending with
+        the closing tag. Returns (ids, truncated)."""
         body = self.codec.encode(INFO_OPEN + format_documents(documents))
-        budget = (max_obs_tokens or self.config.max_obs_tokens) - len(self._info_close_ids)
+        budget = max_obs_tokens - len(self._info_close_ids)
         truncated = len(body) > budget
         return body[:budget] + self._info_close_ids, truncated
 
@@ -309,93 +245,87 @@ class Agent:
     async def run(
         self,
         prompt_ids: Sequence[int],
+        episode: EpisodeConfig | None = None,
         seed: int | None = None,
-        config: AgentConfig | None = None,
         turn_prefix_ids: Sequence[int] = (),
+        search_enabled: bool = True,
     ) -> Episode:
-        """Play one episode from `prompt_ids`. `seed` (optional) seeds turn t with `seed + t`. `turn_prefix_ids`
-        (optional) open every turn as an environment insertion (mask 0), e.g. an opened `<think>` block."""
-        cfg = config or self.config
-        if config is not None:
-            self._check(config)
+        """Play one episode from `prompt_ids` by `episode`'s settings (the contract's defaults if None). `seed`
+        (optional) seeds turn t with `seed + t`. `turn_prefix_ids` (optional) open every turn as an environment
+        insertion (mask 0), e.g. an opened `<think>` block. `search_enabled` False: every search finds nothing."""
+        cfg = episode or EpisodeConfig()
+        self._check(cfg)
         started = time.perf_counter()
         prompt = [int(t) for t in prompt_ids]
         if not prompt:
             raise ValueError("prompt_ids must hold at least one token")
-        episode = Episode(prompt_ids=prompt[-cfg.max_prompt_tokens :])
-        episode.prompt_truncated = len(prompt) > cfg.max_prompt_tokens
+        played = Episode(prompt_ids=prompt[-cfg.max_prompt_tokens :])
+        played.prompt_truncated = len(prompt) > cfg.max_prompt_tokens
         generate_s = retrieve_s = 0.0
         while True:
-            forced_final = episode.turns >= cfg.max_turns
-            episode._append(turn_prefix_ids, 0)
-            context = (episode.prompt_ids + episode.response_ids)[-cfg.max_input_tokens :]
+            forced_final = played.turns >= cfg.max_turns
+            played._append(turn_prefix_ids, 0)
+            context = (played.prompt_ids + played.response_ids)[-cfg.max_input_tokens :]
             sampling = SamplingOptions(
                 temperature=cfg.temperature,
                 top_p=cfg.top_p,
-                seed=None if seed is None else seed + episode.turns,
+                seed=None if seed is None else seed + played.turns,
             )
             t0 = time.perf_counter()
             result = await self.engine.generate(context, sampling, (SEARCH_STOP, ANSWER_STOP), cfg.max_tokens_per_turn)
             result = without_end_token(result)
             generate_s += time.perf_counter() - t0
-            episode._append_generation(result)
-            episode.turns += 1
+            played._append_generation(result)
+            played.turns += 1
 
             action, content = parse_action(self.codec.decode(result.token_ids))
             if action == "answer":
-                episode.valid_actions += 1
-                episode.actions.append("answer")
-                episode.answer = content
-                episode.finished = True
+                played.valid_actions += 1
+                played.actions.append("answer")
+                played.answer = content
+                played.finished = True
                 break
             if action == "search" and content:
-                episode.valid_actions += 1
+                played.valid_actions += 1
                 if forced_final:
-                    episode.actions.append("search_skipped")
+                    played.actions.append("search_skipped")
                     break
-                episode.actions.append("search")
-                episode.queries.append(content)
+                played.actions.append("search")
+                played.queries.append(content)
                 t0 = time.perf_counter()
                 results = (
-                    await asyncio.wait_for(self.retriever([content], cfg.topk), cfg.retrieval_timeout_s)
-                    if cfg.search_enabled
+                    await asyncio.wait_for(self.retriever([content], cfg.topk), self.retrieval_timeout_s)
+                    if search_enabled
                     else [[]]
                 )
                 retrieve_s += time.perf_counter() - t0
                 if len(results) != 1:
                     raise RuntimeError(f"retriever returned {len(results)} result lists for 1 query")
                 obs, truncated = self.observation_ids(results[0][: cfg.topk], cfg.max_obs_tokens)
-                episode.truncated_observations += int(truncated)
-                episode.searches += 1
-                episode._append(obs, 0)
+                played.truncated_observations += int(truncated)
+                played.searches += 1
+                played._append(obs, 0)
                 continue
-            episode.actions.append("invalid")
+            played.actions.append("invalid")
             if forced_final:
                 break
-            episode._append(self._corrective_ids, 0)
+            played._append(self._corrective_ids, 0)
 
-        episode.timings = {
+        played.timings = {
             "generate_s": generate_s,
             "retrieve_s": retrieve_s,
             "total_s": time.perf_counter() - started,
         }
-        return episode
+        return played
 
-    async def run_request(self, request: RolloutRequest, **config_overrides: Any) -> list[Trajectory]:
-        """All `n_samples` episodes of `request`, concurrently, as trajectories in sample order. The episode
-        settings come from the request (`AgentConfig.from_request`); `config_overrides` fill the rest."""
-        config = AgentConfig.from_request(
-            request,
-            retrieval_timeout_s=self.config.retrieval_timeout_s,
-            corrective_message=self.config.corrective_message,
-            **config_overrides,
-        )
-        if config.corrective_message != self.config.corrective_message:
-            raise ValueError("corrective_message is fixed per Agent")
+    async def run_request(self, request: RolloutRequest) -> list[Trajectory]:
+        """All `n_samples` episodes of `request`, concurrently, as trajectories in sample order, each played by
+        the request's `episode` settings."""
         prompt, prefix = request.prompt_ids.tolist(), request.turn_prefix_ids.tolist()
         episodes = await asyncio.gather(
-            *(self.run(prompt, config=config, turn_prefix_ids=prefix) for _ in range(request.n_samples))
-        )
+            *(self.run(prompt, request.episode, turn_prefix_ids=prefix, search_enabled=request.search_enabled)
+              for _ in range(request.n_samples))
+        )  # fmt: skip
         # The reference's reward scores prompt + response; only that mode needs the prompt's text.
         with_prompt = request.reward.compat == "reference"
         return [

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from rollout.engines.base import SamplingOptions
 from rollout.worker import RolloutSettings, RolloutWorker, build_engine
-from services.contracts import RolloutRequest
+from services.contracts import EpisodeConfig, RolloutRequest
 from services.prompts import build_prompt_ids
 from services.telemetry import configure_logging, serve_metrics
 
@@ -31,9 +31,9 @@ log = logging.getLogger(__name__)
 
 class AgentQuery(BaseModel):
     question: str = Field(min_length=1, max_length=4000)
-    max_turns: int = Field(4, ge=0, le=16)
-    topk: int = Field(3, ge=1, le=20)
-    temperature: float = Field(0.0, ge=0, le=5)
+    episode: EpisodeConfig = Field(
+        default_factory=lambda: EpisodeConfig().greedy(), description="how the episode plays (default: greedy)"
+    )
 
 
 class GenerateQuery(BaseModel):
@@ -46,13 +46,14 @@ class GenerateQuery(BaseModel):
 
 async def answer(worker: RolloutWorker, query: AgentQuery) -> dict[str, Any]:
     """Answer one question with the weights the engine holds now; the whole episode comes back."""
-    context = min(4096, worker.engine.max_model_len or 4096)  # the reference's caps, within the engine's length
-    request = RolloutRequest(
-        job_id="adhoc", prompt_uid="adhoc",
-        prompt_ids=np.asarray(build_prompt_ids(worker.engine.tokenizer, query.question, context // 2)),
-        max_turns=query.max_turns, topk=query.topk, max_context_tokens=context, max_obs_tokens=min(500, context // 4),
-        sampling={"temperature": query.temperature, "top_p": 1.0, "max_tokens_per_turn": min(500, context // 4)},
-    )  # fmt: skip
+    episode, engine_length = query.episode, worker.engine.max_model_len
+    if engine_length is not None and episode.max_context_tokens > engine_length:
+        raise HTTPException(
+            422, f"episode.max_context_tokens ({episode.max_context_tokens}) exceeds the engine's max_model_len "
+            f"({engine_length}); ask for a shorter episode",
+        )  # fmt: skip
+    prompt_ids = build_prompt_ids(worker.engine.tokenizer, query.question, episode.max_prompt_tokens)
+    request = RolloutRequest(job_id="adhoc", prompt_uid="adhoc", prompt_ids=np.asarray(prompt_ids), episode=episode)
     try:
         [trajectory] = await worker.agent.run_request(request)
     except ValueError as exc:  # e.g. a question too long for the engine's context

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from rollout.agent import Agent, AgentConfig, HFTextCodec
+from rollout.agent import Agent, HFTextCodec
 from rollout.engines.base import Engine
 from rollout.retrieval_client import BatchingRetriever, HTTPRetriever
 from services.config import Settings
@@ -77,7 +77,7 @@ class RolloutWorker:
         self.retriever = BatchingRetriever(
             HTTPRetriever(settings.retriever_url, timeout_s=settings.retriever_timeout_s)
         )
-        self.agent = Agent(engine, HFTextCodec(engine.tokenizer), self.retriever, AgentConfig())
+        self.agent = Agent(engine, HFTextCodec(engine.tokenizer), self.retriever)
         self.job_id: str | None = None  # whose weights the engine holds (None: the base model)
         self._weights_lock = asyncio.Lock()
         self.consumer: StreamWorker[RolloutRequest] | None = None

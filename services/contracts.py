@@ -205,10 +205,47 @@ class RewardConfig(_Strict):
         return self
 
 
-class SamplingParams(_Strict):
-    temperature: float = Field(1.0, ge=0.0, le=10.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+class EpisodeConfig(_Strict):
+    """How one episode plays (rollout.agent): turns, tokens per turn, the caps, sampling and retrieval. The one
+    shape of these settings: a JobSpec's rollout section holds them (it extends this class) and every
+    RolloutRequest carries them as this object. Defaults are the reference's (shared/notes/SEARCH-R1.md)."""
+
+    max_turns: int = Field(
+        4, ge=0, le=64, description="model turns before the last one, in which a search is not executed"
+    )
     max_tokens_per_turn: int = Field(500, ge=1, le=32768)
+    max_obs_tokens: int = Field(500, ge=1, le=MAX_TOKENS, description="cap of one information block")
+    max_context_tokens: int = Field(
+        4096, ge=16, le=MAX_TOKENS, description="tokens the model sees per turn, the turn's generation included"
+    )
+    max_prompt_tokens: int = Field(2048, ge=8, le=MAX_TOKENS, description="the prompt's cap (newest tokens kept)")
+    temperature: float = Field(1.0, ge=0, le=10)
+    top_p: float = Field(1.0, gt=0, le=1)
+    topk: int = Field(3, ge=1, le=100, description="passages per search")
+
+    @model_validator(mode="after")
+    def _check_lengths(self) -> Self:
+        if self.max_prompt_tokens >= self.max_context_tokens:
+            raise ValueError(
+                f"max_prompt_tokens ({self.max_prompt_tokens}) must be below "
+                f"max_context_tokens ({self.max_context_tokens})"
+            )
+        if self.max_tokens_per_turn >= self.max_context_tokens:
+            raise ValueError(
+                f"max_context_tokens ({self.max_context_tokens}) must exceed max_tokens_per_turn "
+                f"({self.max_tokens_per_turn}): the model's input is the newest "
+                "max_context_tokens - max_tokens_per_turn tokens"
+            )
+        return self
+
+    @property
+    def max_input_tokens(self) -> int:
+        """The newest tokens of prompt + response the model reads per turn: its turn fits the context after them."""
+        return self.max_context_tokens - self.max_tokens_per_turn
+
+    def greedy(self) -> Self:
+        """The same episode decoded greedily (temperature 0, top_p 1): how evaluations sample."""
+        return self.model_copy(update={"temperature": 0.0, "top_p": 1.0})
 
 
 class RolloutRequest(Message):
@@ -222,11 +259,7 @@ class RolloutRequest(Message):
     policy_version: int = Field(0, ge=0)
     golden_answers: list[str] = Field(default_factory=list)
     data_source: str = ""
-    sampling: SamplingParams = Field(default_factory=SamplingParams)
-    max_turns: int = Field(4, ge=0, le=64)
-    max_obs_tokens: int = Field(500, ge=1, le=MAX_TOKENS)
-    max_context_tokens: int = Field(4096, ge=16, le=MAX_TOKENS)
-    topk: int = Field(3, ge=1, le=100)
+    episode: EpisodeConfig = Field(default_factory=EpisodeConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     is_eval: bool = False
     search_enabled: bool = Field(True, description="False: every search finds nothing (an eval's no-search control)")
@@ -468,15 +501,10 @@ class DataConfig(_Strict):
     shuffle_seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
-class RolloutConfig(_Strict):
-    max_turns: int = Field(4, ge=0, le=64)
-    max_tokens_per_turn: int = Field(500, ge=1, le=32768)
-    max_obs_tokens: int = Field(500, ge=1, le=MAX_TOKENS)
-    max_context_tokens: int = Field(4096, ge=16, le=MAX_TOKENS)
-    max_prompt_tokens: int = Field(2048, ge=8, le=MAX_TOKENS)
-    temperature: float = Field(1.0, ge=0, le=10)
-    top_p: float = Field(1.0, gt=0, le=1)
-    topk: int = Field(3, ge=1, le=100)
+class RolloutConfig(EpisodeConfig):
+    """A job's rollout section: its episodes' settings (`episode`, what each RolloutRequest carries) and how the
+    learner asks for them."""
+
     retriever_url: str | None = Field(None, max_length=MAX_TEXT)
     request_timeout_s: float = Field(600.0, gt=0, le=MAX_TIMEOUT_S)
     prompt_style: PromptStyle = Field(
@@ -484,14 +512,10 @@ class RolloutConfig(_Strict):
         "models (services.prompts)",
     )  # fmt: skip
 
-    @model_validator(mode="after")
-    def _check_lengths(self) -> Self:
-        if self.max_prompt_tokens >= self.max_context_tokens:
-            raise ValueError(
-                f"max_prompt_tokens ({self.max_prompt_tokens}) must be below "
-                f"max_context_tokens ({self.max_context_tokens})"
-            )
-        return self
+    @property
+    def episode(self) -> EpisodeConfig:
+        """The episode settings alone, as every RolloutRequest of the job carries them."""
+        return EpisodeConfig.model_validate(self.model_dump(include=set(EpisodeConfig.model_fields)))
 
 
 class ResourcesConfig(_Strict):

@@ -29,7 +29,6 @@ from services.contracts import (
     JobState,
     RewardConfig,
     RolloutRequest,
-    SamplingParams,
     ScoredTrajectory,
 )
 from services.prompts import build_turn_prefix_ids
@@ -136,11 +135,12 @@ class Learner:
 
     # -- one step ----------------------------------------------------------------------------------------
     def requests_for(
-        self, examples: list[Example], n: int, sampling: SamplingParams, is_eval: bool, search_enabled: bool = True
+        self, examples: list[Example], n: int, is_eval: bool, search_enabled: bool = True
     ) -> list[RolloutRequest]:
         rollout, tokenizer = self.spec.rollout, self.ctx.tokenizer
         # Evals score greedy EM, in the job's compat mode (the reference's EM reads prompt + response).
         reward = RewardConfig(kind="em", compat=self.spec.reward.compat) if is_eval else self.spec.reward
+        episode = rollout.episode.greedy() if is_eval else rollout.episode
         prefix = np.asarray(build_turn_prefix_ids(tokenizer, rollout.prompt_style), dtype=np.int32)
         return [
             RolloutRequest(
@@ -152,11 +152,7 @@ class Learner:
                 policy_version=self.version,
                 golden_answers=list(example.golden_answers),
                 data_source=example.source,
-                sampling=sampling,
-                max_turns=rollout.max_turns,
-                max_obs_tokens=rollout.max_obs_tokens,
-                max_context_tokens=rollout.max_context_tokens,
-                topk=rollout.topk,
+                episode=episode,
                 reward=reward,
                 is_eval=is_eval,
                 search_enabled=search_enabled,
@@ -168,10 +164,7 @@ class Learner:
         spec, algo, rollout = self.spec, self.spec.algorithm, self.spec.rollout
         started = time.perf_counter()
         examples = self.prompts.next_batch(min(algo.prompts_per_step, len(self.prompts.examples)))
-        sampling = SamplingParams(
-            temperature=rollout.temperature, top_p=rollout.top_p, max_tokens_per_turn=rollout.max_tokens_per_turn
-        )
-        requests = self.requests_for(examples, algo.group_size, sampling, is_eval=False)
+        requests = self.requests_for(examples, algo.group_size, is_eval=False)
         report = self.progress_reporter(len(requests) * algo.group_size, phase="rollout")
         await report(0)
         gathered = await self.rollouts(requests, algo.max_staleness, progress=report)
@@ -270,8 +263,7 @@ class Learner:
     async def eval_pass(self, search_enabled: bool) -> dict[str, float]:
         """One greedy pass over the eval sets: exact match and valid-action share per data set."""
         examples = self.eval_examples()
-        sampling = SamplingParams(temperature=0.0, top_p=1.0, max_tokens_per_turn=self.spec.rollout.max_tokens_per_turn)
-        requests = self.requests_for(examples, 1, sampling, is_eval=True, search_enabled=search_enabled)
+        requests = self.requests_for(examples, 1, is_eval=True, search_enabled=search_enabled)
         report = self.progress_reporter(len(requests), phase="eval" if search_enabled else "eval_no_search")
         await report(0)
         gathered = await self.rollouts(requests, max_staleness=0, progress=report)

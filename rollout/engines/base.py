@@ -144,7 +144,7 @@ class Engine(ABC):
         if self.max_model_len is not None and len(prompt_ids) + max_tokens > self.max_model_len:
             raise ValueError(
                 f"prompt of {len(prompt_ids)} tokens + max_tokens {max_tokens} exceeds the engine's "
-                f"max_model_len {self.max_model_len}; cap the context (AgentConfig.max_context_tokens)"
+                f"max_model_len {self.max_model_len}; cap the context (EpisodeConfig.max_context_tokens)"
             )
 
     async def generate(

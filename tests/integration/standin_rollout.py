@@ -73,7 +73,7 @@ class StandinRollout:
     @torch.no_grad()
     def sample(self, request: RolloutRequest, policy: Policy, index: int) -> Trajectory:
         prompt = torch.from_numpy(request.prompt_ids.astype(np.int64))[None]
-        sampling = request.sampling
+        sampling = request.episode
         greedy = sampling.temperature == 0
         config = GenerationConfig(
             max_new_tokens=self.max_new_tokens, min_new_tokens=1, do_sample=not greedy,

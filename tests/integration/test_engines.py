@@ -23,10 +23,10 @@ import pytest
 from programmed_model import ANSWER_TURN, SEARCH_TURN, program_model
 from support import fake_retriever
 
-from rollout.agent import INFO_CLOSE, Agent, AgentConfig, HFTextCodec
+from rollout.agent import INFO_CLOSE, Agent, HFTextCodec
 from rollout.engines.base import SamplingOptions
 from rollout.retrieval_client import BatchingRetriever, HTTPRetriever
-from services.contracts import RolloutRequest, Trajectory
+from services.contracts import EpisodeConfig, RolloutRequest, Trajectory
 from services.models import build_tiny_random_qwen2, smollm2_gguf
 from services.prompts import build_prompt_ids
 
@@ -121,11 +121,13 @@ async def swap_weights(engine: Any, path: Path) -> int:
 async def run_episodes(engine: Any, tokenizer: Any, url: str, n: int) -> tuple[list[Any], BatchingRetriever]:
     http = HTTPRetriever(url, timeout_s=10)
     batcher = BatchingRetriever(http, max_wait_s=0.02)
-    config = AgentConfig(max_turns=3, max_tokens_per_turn=16, max_context_tokens=512, max_obs_tokens=64, topk=3)
-    agent = Agent(engine, HFTextCodec(engine.tokenizer), batcher, config)  # as the rollout worker does
+    episode = EpisodeConfig(
+        max_turns=3, max_tokens_per_turn=16, max_context_tokens=512, max_prompt_tokens=496, max_obs_tokens=64, topk=3
+    )
+    agent = Agent(engine, HFTextCodec(engine.tokenizer), batcher)  # as the rollout worker does
     prompt = chat_prompt(tokenizer)
     try:
-        episodes = await asyncio.gather(*(agent.run(prompt, seed=i) for i in range(n)))
+        episodes = await asyncio.gather(*(agent.run(prompt, episode, seed=i) for i in range(n)))
     finally:
         await http.aclose()
     return episodes, batcher

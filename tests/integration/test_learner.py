@@ -284,7 +284,7 @@ def test_an_evaluation_job_serves_its_model_to_the_rollout_tier_and_reports_em(
     assert served.keys() == wanted.keys() and all(torch.equal(served[k], wanted[k]) for k in wanted)
     assert tiers.rollout is not None
     requests = [r for r in tiers.rollout.requests if r.job_id == "eval-job"]
-    assert len(requests) == 5 and all(r.is_eval and r.sampling.temperature == 0 for r in requests)
+    assert len(requests) == 5 and all(r.is_eval and r.episode.temperature == 0 for r in requests)
     assert {tiers.rollout.served_versions[r.msg_id] for r in requests} == {1}, "the engines ran the evaluated model"
 
 

@@ -16,7 +16,7 @@ from rollout.serve import build_app
 from rollout.worker import RolloutSettings
 from searchr1.redis_server import free_port
 from services.config import Settings
-from services.contracts import RolloutRequest, SamplingParams, Trajectory
+from services.contracts import EpisodeConfig, RolloutRequest, Trajectory
 from services.streams import Streams, connect
 
 DOCS = [("1", '"Paris"\nParis is the capital of France.')]
@@ -61,8 +61,13 @@ def test_serve_app_answers_http_and_consumes_the_queue(serve_app: dict[str, str]
     generated = httpx.post(url + "/v1/generate", json={"prompt": "hello", "max_tokens": 8}, timeout=60)
     assert generated.status_code == 200 and generated.json()["policy_version"] == 0
     assert len(generated.json()["token_ids"]) <= 8
-    agent = httpx.post(url + "/v1/agent", json={"question": "capital of France", "max_turns": 1}, timeout=120)
-    assert agent.status_code == 200 and agent.json()["turns"] >= 1
+    # The episode the query asks for, which must fit the engine (max_model_len 512 here; the default is 4096).
+    episode = {"max_turns": 1, "max_context_tokens": 512, "max_prompt_tokens": 256, "max_tokens_per_turn": 128,
+               "max_obs_tokens": 128}  # fmt: skip
+    agent = httpx.post(url + "/v1/agent", json={"question": "capital of France", "episode": episode}, timeout=120)
+    assert agent.status_code == 200 and 1 <= agent.json()["turns"] <= 2
+    too_long = httpx.post(url + "/v1/agent", json={"question": "capital of France"}, timeout=10)
+    assert too_long.status_code == 422 and "max_model_len (512)" in too_long.text
     assert httpx.post(url + "/v1/agent", json={"question": ""}, timeout=10).status_code == 422
 
     async def roundtrip() -> list[Trajectory]:
@@ -70,7 +75,7 @@ def test_serve_app_answers_http_and_consumes_the_queue(serve_app: dict[str, str]
         await streams.ensure_group(streams.reward, "reward")
         request = RolloutRequest(
             job_id="serve-job", prompt_uid="q:1", prompt_ids=np.arange(5, 25), n_samples=2, golden_answers=["Paris"],
-            max_turns=1, max_context_tokens=256, sampling=SamplingParams(max_tokens_per_turn=16),
+            episode=EpisodeConfig(max_turns=1, max_context_tokens=256, max_prompt_tokens=240, max_tokens_per_turn=16),
         )  # fmt: skip
         await streams.publish(streams.rollout, request)
         found: list[Trajectory] = []

@@ -13,7 +13,7 @@ from support import fake_retriever
 from rollout.engines.hf import HFEngine
 from rollout.worker import RolloutSettings, RolloutWorker
 from services.config import Settings
-from services.contracts import RolloutRequest, SamplingParams, Trajectory
+from services.contracts import EpisodeConfig, RolloutRequest, Trajectory
 from services.models import resolve_model
 from services.prompts import build_prompt_ids
 from services.streams import Streams, connect
@@ -31,8 +31,8 @@ def request(engine: HFEngine, job: str, version: int, n: int = 2) -> RolloutRequ
     prompt = build_prompt_ids(engine.tokenizer, "what is the capital of France")
     return RolloutRequest(
         job_id=job, prompt_uid="nq:1", prompt_ids=np.asarray(prompt), n_samples=n, policy_version=version,
-        golden_answers=["Paris"], data_source="nq:test:x", max_turns=2, max_context_tokens=512,
-        sampling=SamplingParams(temperature=1.0, max_tokens_per_turn=24),
+        golden_answers=["Paris"], data_source="nq:test:x",
+        episode=EpisodeConfig(max_turns=2, max_context_tokens=512, max_prompt_tokens=488, max_tokens_per_turn=24),
     )  # fmt: skip
 
 

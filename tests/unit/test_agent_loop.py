@@ -14,13 +14,19 @@ from rollout.agent import (
     INFO_CLOSE,
     INFO_OPEN,
     Agent,
-    AgentConfig,
     Document,
     format_documents,
     parse_action,
 )
 from rollout.engines.base import GenerationResult, SamplingOptions
-from services.contracts import FormatScoreConfig, RewardConfig, RolloutRequest, Trajectory, VersionSpan
+from services.contracts import (
+    EpisodeConfig,
+    FormatScoreConfig,
+    RewardConfig,
+    RolloutRequest,
+    Trajectory,
+    VersionSpan,
+)
 
 ALT = 1_000_000  # ids >= ALT decode like id - ALT: a second spelling of every character
 
@@ -47,7 +53,8 @@ class ScriptedEngine:
 
     async def generate(self, prompt_ids, sampling: SamplingOptions, stop, max_tokens: int) -> GenerationResult:
         index = len(self.calls)
-        self.calls.append({"prompt_ids": list(prompt_ids), "stop": tuple(stop), "max_tokens": max_tokens})
+        self.calls.append({"prompt_ids": list(prompt_ids), "stop": tuple(stop), "max_tokens": max_tokens,
+                           "sampling": sampling})  # fmt: skip
         text = self.turns[index] if index < len(self.turns) else self.turns[-1]
         ends = [(text.find(s) + len(s), s) for s in stop if s in text]
         cut, reason = min(ends) if ends else (len(text), None)  # the first stop string to complete
@@ -109,7 +116,7 @@ def test_search_then_answer_masks_line_up_with_inserted_spans():
     turn1 = "<think>need it</think><search>  capital of France </search>"
     turn2 = "<answer> Paris </answer>"
     engine, retriever = ScriptedEngine([turn1, turn2]), FakeRetriever()
-    episode = run(Agent(engine, codec, retriever, AgentConfig()).run(PROMPT))
+    episode = run(Agent(engine, codec, retriever).run(PROMPT))
 
     obs = expected_obs(retriever.docs[:3])
     assert codec.decode(episode.response_ids) == turn1 + obs + turn2
@@ -158,8 +165,8 @@ def test_observation_truncation_keeps_the_closing_tag():
     long_docs = [Document(str(i), f'"T{i}"\n' + "word " * 200) for i in range(3)]
     retriever = FakeRetriever(long_docs)
     engine = ScriptedEngine(["<search>q</search>", "<answer>x</answer>"])
-    config = AgentConfig(max_obs_tokens=80)
-    episode = run(Agent(engine, codec, retriever, config).run(PROMPT))
+    config = EpisodeConfig(max_obs_tokens=80)
+    episode = run(Agent(engine, codec, retriever).run(PROMPT, config))
     obs_span = spans(episode.loss_mask)[1]
     assert obs_span[2] == 0 and obs_span[1] - obs_span[0] == 80
     obs = codec.decode(episode.response_ids[obs_span[0] : obs_span[1]])
@@ -168,25 +175,26 @@ def test_observation_truncation_keeps_the_closing_tag():
     assert obs.count("</information>") == 1
     assert episode.truncated_observations == 1
     # a short observation is not truncated
-    short = Agent(engine, codec, retriever, config).observation_ids([Document("1", '"T"\nshort')])
+    short = Agent(engine, codec, retriever).observation_ids([Document("1", '"T"\nshort')], config.max_obs_tokens)
     assert codec.decode(short[0]) == expected_obs([Document("1", '"T"\nshort')]) and short[1] is False
 
 
-def test_a_per_episode_config_caps_the_observation_too():
+def test_each_episode_caps_its_observations_by_its_own_settings():
     long_docs = [Document(str(i), f'"T{i}"\n' + "word " * 200) for i in range(3)]
-    engine = ScriptedEngine(["<search>q</search>", "<answer>x</answer>"])
-    agent = Agent(engine, codec, FakeRetriever(long_docs), AgentConfig(max_obs_tokens=500))
-    episode = run(agent.run(PROMPT, config=AgentConfig(max_obs_tokens=40)))
-    start, end, value = spans(episode.loss_mask)[1]
-    assert value == 0 and end - start == 40
+    engine = ScriptedEngine(["<search>q</search>", "<answer>x</answer>", "<search>q</search>", "<answer>x</answer>"])
+    agent = Agent(engine, codec, FakeRetriever(long_docs))
+    for cap in (40, 90):  # one agent, two episodes, each by its own cap
+        episode = run(agent.run(PROMPT, EpisodeConfig(max_obs_tokens=cap)))
+        start, end, value = spans(episode.loss_mask)[1]
+        assert value == 0 and end - start == cap
     with pytest.raises(ValueError, match="max_obs_tokens"):
-        run(agent.run(PROMPT, config=AgentConfig(max_obs_tokens=3)))
+        run(agent.run(PROMPT, EpisodeConfig(max_obs_tokens=3)))
 
 
 def test_forced_final_turn_after_max_turns_runs_without_search():
     engine = ScriptedEngine(["<search>again</search>"])
     retriever = FakeRetriever()
-    episode = run(Agent(engine, codec, retriever, AgentConfig(max_turns=2)).run(PROMPT))
+    episode = run(Agent(engine, codec, retriever).run(PROMPT, EpisodeConfig(max_turns=2)))
     assert len(engine.calls) == 3  # max_turns turns, then the forced final one
     assert len(retriever.calls) == 2
     assert episode.actions == ["search", "search", "search_skipped"]
@@ -199,7 +207,7 @@ def test_forced_final_turn_after_max_turns_runs_without_search():
 
 def test_max_turns_zero_is_a_single_answer_turn():
     engine = ScriptedEngine(["no tags at all"])
-    episode = run(Agent(engine, codec, FakeRetriever(), AgentConfig(max_turns=0)).run(PROMPT))
+    episode = run(Agent(engine, codec, FakeRetriever()).run(PROMPT, EpisodeConfig(max_turns=0)))
     assert len(engine.calls) == 1
     assert episode.actions == ["invalid"] and not episode.finished
     assert episode.loss_mask == [1] * len("no tags at all")
@@ -209,7 +217,7 @@ def test_invalid_actions_get_a_corrective_message_and_the_turn_counts():
     turns = ["I think the answer is Paris.", "<search>   </search>", "<answer>Paris</answer>"]
     engine = ScriptedEngine(turns)
     retriever = FakeRetriever()
-    episode = run(Agent(engine, codec, retriever, AgentConfig(max_turns=4)).run(PROMPT))
+    episode = run(Agent(engine, codec, retriever).run(PROMPT, EpisodeConfig(max_turns=4)))
     assert retriever.calls == []  # an empty query is not a search
     assert episode.actions == ["invalid", "invalid", "answer"]
     assert (episode.turns, episode.searches, episode.valid_actions, episode.finished) == (3, 0, 1, True)
@@ -229,17 +237,17 @@ def test_invalid_actions_get_a_corrective_message_and_the_turn_counts():
 
 def test_turn_token_limit_without_action_is_invalid():
     engine = ScriptedEngine(["<search>this query never closes because the turn ends", "<answer>x</answer>"])
-    config = AgentConfig(max_tokens_per_turn=20, max_context_tokens=4096)
-    episode = run(Agent(engine, codec, FakeRetriever(), config).run(PROMPT))
+    config = EpisodeConfig(max_tokens_per_turn=20, max_context_tokens=4096)
+    episode = run(Agent(engine, codec, FakeRetriever()).run(PROMPT, config))
     assert engine.calls[0]["max_tokens"] == 20
     assert codec.decode(episode.response_ids[:20]) == "<search>this query n"
     assert episode.actions == ["invalid", "answer"]
 
 
 def test_context_is_capped_at_the_newest_tokens():
-    config = AgentConfig(max_context_tokens=150, max_tokens_per_turn=50, max_turns=3)
+    config = EpisodeConfig(max_context_tokens=150, max_tokens_per_turn=50, max_prompt_tokens=64, max_turns=3)
     engine = ScriptedEngine(["<search>q</search>"])
-    episode = run(Agent(engine, codec, FakeRetriever(), config).run(PROMPT))
+    episode = run(Agent(engine, codec, FakeRetriever()).run(PROMPT, config))
     full = PROMPT + episode.response_ids
     assert config.max_input_tokens == 100
     assert len(engine.calls) == len(episode.version_spans) == 4
@@ -255,7 +263,7 @@ def test_context_is_capped_at_the_newest_tokens():
 def test_prompt_is_capped_at_max_prompt_tokens_keeping_the_end():
     long_prompt = codec.encode("x" * 300 + "Question: q?\n")
     engine = ScriptedEngine(["<answer>a</answer>"])
-    episode = run(Agent(engine, codec, FakeRetriever(), AgentConfig(max_prompt_tokens=64)).run(long_prompt))
+    episode = run(Agent(engine, codec, FakeRetriever()).run(long_prompt, EpisodeConfig(max_prompt_tokens=64)))
     assert episode.prompt_ids == long_prompt[-64:] and episode.prompt_truncated
     assert engine.calls[0]["prompt_ids"] == long_prompt[-64:]
 
@@ -279,10 +287,8 @@ def test_episode_maps_onto_the_trajectory_contract():
         reward=RewardConfig(kind="em_format", format_scores=FormatScoreConfig(wrong_valid=0.3)),
     )
     engine = ScriptedEngine(["<search>q</search>", "<answer>Paris</answer>"], versions=[2, 2])
-    config = AgentConfig.from_request(request)
-    assert config.max_prompt_tokens == 2048 and config.max_input_tokens == 4096 - 500
-    agent = Agent(engine, codec, FakeRetriever(), config)
-    episode = run(agent.run(request.prompt_ids.tolist()))
+    agent = Agent(engine, codec, FakeRetriever())
+    episode = run(agent.run(request.prompt_ids.tolist(), request.episode))
     trajectory = episode.to_trajectory(request, sample_index=3, response_text=agent.decode(episode.response_ids))
     again = Trajectory.from_wire(trajectory.to_wire())
     assert again.response_ids.tolist() == episode.response_ids
@@ -300,10 +306,9 @@ def test_a_request_runs_all_its_samples_concurrently():
         prompt_uid="nq:8",
         prompt_ids=np.asarray(PROMPT),
         n_samples=3,
-        max_turns=1,
-        max_context_tokens=1024,
-        sampling={"temperature": 0.5, "top_p": 0.9, "max_tokens_per_turn": 64},
-    )
+        episode={"max_turns": 1, "max_context_tokens": 1024, "max_prompt_tokens": 512, "temperature": 0.5,
+                 "top_p": 0.9, "max_tokens_per_turn": 64},
+    )  # fmt: skip
 
     class Recording(ScriptedEngine):
         async def generate(self, prompt_ids, sampling, stop, max_tokens):
@@ -317,6 +322,7 @@ def test_a_request_runs_all_its_samples_concurrently():
     assert [t.sample_index for t in trajectories] == [0, 1, 2]
     assert all(t.response_text == "<answer>a</answer>" and t.finished for t in trajectories)
     assert all(c["max_tokens"] == 64 and c["sampling"].temperature == 0.5 for c in engine.calls)
+    assert all(c["sampling"].top_p == 0.9 for c in engine.calls)
     assert len(engine.calls) == 3
 
 
@@ -351,16 +357,22 @@ def test_the_corrective_message_holds_no_answer_for_the_reward_to_read():
     assert extract_answer(response + CORRECTIVE_MESSAGE + "<answer> Paris </answer>") == "Paris"
 
 
-def test_eval_requests_decode_greedily():
-    request = RolloutRequest(job_id="j", prompt_uid="u", prompt_ids=np.asarray([1]), is_eval=True)
-    assert AgentConfig.from_request(request).temperature == 0.0
+def test_a_greedy_episode_samples_at_temperature_zero_and_keeps_its_caps():
+    episode = EpisodeConfig(temperature=0.7, top_p=0.9, max_tokens_per_turn=30)
+    greedy = episode.greedy()
+    assert (greedy.temperature, greedy.top_p) == (0.0, 1.0)
+    assert greedy.model_dump(exclude={"temperature", "top_p"}) == episode.model_dump(exclude={"temperature", "top_p"})
+    engine = ScriptedEngine(["<answer>a</answer>"])
+    request = RolloutRequest(job_id="j", prompt_uid="u", prompt_ids=np.asarray(PROMPT), episode=greedy)
+    run(Agent(engine, codec, FakeRetriever()).run_request(request))
+    assert engine.calls[0]["sampling"].greedy and engine.calls[0]["max_tokens"] == 30
 
 
 def test_config_rejects_a_context_without_room_for_a_turn():
-    with pytest.raises(ValueError, match="max_context_tokens"):
-        AgentConfig(max_context_tokens=500, max_tokens_per_turn=500)
+    with pytest.raises(ValueError, match="must exceed max_tokens_per_turn"):
+        EpisodeConfig(max_context_tokens=500, max_tokens_per_turn=500, max_prompt_tokens=100)
     with pytest.raises(ValueError, match="max_obs_tokens"):
-        Agent(ScriptedEngine(["x"]), codec, FakeRetriever(), AgentConfig(max_obs_tokens=5))
+        run(Agent(ScriptedEngine(["x"]), codec, FakeRetriever()).run(PROMPT, EpisodeConfig(max_obs_tokens=5)))
 
 
 def test_retrieval_timeout_is_enforced():
@@ -369,7 +381,7 @@ def test_retrieval_timeout_is_enforced():
 
     engine = ScriptedEngine(["<search>q</search>"])
     with pytest.raises(TimeoutError):
-        run(Agent(engine, codec, slow, AgentConfig(retrieval_timeout_s=0.05)).run(PROMPT))
+        run(Agent(engine, codec, slow, retrieval_timeout_s=0.05).run(PROMPT))
 
 
 def test_many_episodes_run_concurrently_and_their_searches_overlap():
@@ -412,7 +424,7 @@ def test_with_search_disabled_a_search_finds_nothing_and_the_retriever_is_not_ca
     turn2 = "<answer> Lyon </answer>"
     engine, retriever = ScriptedEngine([turn1, turn2]), FakeRetriever()
     request = RolloutRequest(job_id="j", prompt_uid="u", prompt_ids=PROMPT, search_enabled=False, is_eval=True)
-    [trajectory] = run(Agent(engine, codec, retriever, AgentConfig()).run_request(request))
+    [trajectory] = run(Agent(engine, codec, retriever).run_request(request))
     assert retriever.calls == []
     assert trajectory.response_text == turn1 + expected_obs([]) + turn2
     assert (trajectory.searches, trajectory.finished) == (1, True)

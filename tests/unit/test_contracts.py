@@ -9,6 +9,7 @@ import pytest
 from services.contracts import (
     PRESETS,
     ContractError,
+    EpisodeConfig,
     JobEvent,
     JobSpec,
     JobState,
@@ -111,6 +112,23 @@ def test_a_rollout_request_carries_its_response_prefix_over_the_wire() -> None:
     assert plain.turn_prefix_ids.dtype == np.int32 and plain.turn_prefix_ids.size == 0
     opened = RolloutRequest(job_id="j", prompt_uid="p", prompt_ids=[1, 2], turn_prefix_ids=[7, 8, 9])
     assert RolloutRequest.from_wire(opened.to_wire()).turn_prefix_ids.tolist() == [7, 8, 9]
+
+
+def test_a_job_s_requests_carry_its_rollout_section_s_episode_settings_as_one_object() -> None:
+    """One shape: the rollout section is an EpisodeConfig (plus how the learner asks), flat in the spec's JSON as
+    before; the request carries exactly the episode part, over the wire."""
+    spec = JobSpec.from_preset("cpu-small")
+    episode = spec.rollout.episode
+    assert type(episode) is EpisodeConfig and set(EpisodeConfig.model_fields) < set(type(spec.rollout).model_fields)
+    assert episode.model_dump() == spec.rollout.model_dump(include=set(EpisodeConfig.model_fields))
+    assert (episode.max_turns, episode.max_tokens_per_turn, episode.temperature) == (2, 48, 0.5)
+    request = RolloutRequest(job_id="j", prompt_uid="p", prompt_ids=[1, 2], episode=episode)
+    assert RolloutRequest.from_wire(request.to_wire()).episode == episode
+    reference = JobSpec.from_preset("paper-ppo").rollout.episode
+    plain = RolloutRequest(job_id="j", prompt_uid="p", prompt_ids=[1]).episode
+    assert plain == reference == EpisodeConfig(), "the reference's settings are the one set of defaults"
+    with pytest.raises(ContractError, match="must exceed max_tokens_per_turn"):
+        JobSpec.from_preset("paper-grpo", {"rollout": {"max_tokens_per_turn": 4096}})
 
 
 def test_job_event_states() -> None:

@@ -39,6 +39,27 @@ class Gathered:
     per_request: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class _Gathering:
+    """The state of one `gather`: the requests it waits for, what has arrived, and the policy it trains."""
+
+    wanted: dict[str, RolloutRequest]  # request id -> request
+    current_version: int
+    max_staleness: int
+    result: Gathered = field(default_factory=lambda: Gathered(trajectories=[]))
+    aliases: dict[str, str] = field(default_factory=dict)  # id of a replacement request -> id of the one it stands for
+    counts: dict[str, int] = field(init=False)  # request id -> trajectories accepted
+
+    def __post_init__(self) -> None:
+        self.counts = dict.fromkeys(self.wanted, 0)
+
+    def missing(self) -> int:
+        return sum(self.wanted[rid].n_samples - self.counts[rid] for rid in self.wanted)
+
+    def unfinished(self) -> list[RolloutRequest]:
+        return [request for rid, request in self.wanted.items() if self.counts[rid] < request.n_samples]
+
+
 class Collector:
     def __init__(self, streams: Streams, job_id: str, consumer: str = "learner-0") -> None:
         self.streams = streams
@@ -70,51 +91,39 @@ class Collector:
         """Wait for `n_samples` scored trajectories of every request; returns them in arrival order.
         `progress` is awaited with the number gathered so far each time it grows."""
         started = time.monotonic()
-        wanted = {request.msg_id: request for request in requests}
-        aliases: dict[str, str] = {}  # id of a replacement request -> id of the request it stands in for
-        counts = dict.fromkeys(wanted, 0)
-        result = Gathered(trajectories=[])
+        gathering = _Gathering({request.msg_id: request for request in requests}, current_version, max_staleness)
+        result = gathering.result
         last_progress = started
-        while any(counts[rid] < wanted[rid].n_samples for rid in wanted):
+        while gathering.missing() > 0:
             now = time.monotonic()
             if now - started > timeout_s:
-                missing = sum(wanted[rid].n_samples - counts[rid] for rid in wanted)
                 raise TimeoutError(
-                    f"job {self.job_id}: {missing} trajectories still missing after {timeout_s:g}s; "
+                    f"job {self.job_id}: {gathering.missing()} trajectories still missing after {timeout_s:g}s; "
                     "are the rollout and reward tiers running? (searchr1 streams stats)"
                 )
             if now - last_progress > retry_after_s:
-                await self._resend(wanted, counts, result)
+                await self._resend(gathering)
                 last_progress = now
             entries = await self.streams.read(self.scored_stream, GROUP, self.consumer, ScoredTrajectory, 256, 500)
             stale: Counter[str] = Counter()
             before = len(result.trajectories)
             for entry in entries:
-                if self._accept(entry.message, wanted, aliases, counts, current_version, max_staleness, result, stale):
+                if self._accept(entry.message, gathering, stale):
                     last_progress = time.monotonic()
             await self.streams.ack(self.scored_stream, GROUP, [entry.entry_id for entry in entries])
             if progress is not None and len(result.trajectories) > before:
                 await progress(len(result.trajectories))
             if stale:
-                await self._replace_stale(stale, wanted, aliases, counts, current_version, result)
+                await self._replace_stale(stale, gathering)
         # The learner is the stream's only reader: drop what it has settled, or a long job fills Redis.
         await self.streams.trim_consumed(self.scored_stream)
         result.seconds = time.monotonic() - started
-        result.per_request = counts
+        result.per_request = gathering.counts
         return result
 
-    def _accept(
-        self,
-        scored: ScoredTrajectory | None,
-        wanted: dict[str, RolloutRequest],
-        aliases: dict[str, str],
-        counts: dict[str, int],
-        current_version: int,
-        max_staleness: int,
-        result: Gathered,
-        stale: Counter[str],
-    ) -> bool:
+    def _accept(self, scored: ScoredTrajectory | None, gathering: _Gathering, stale: Counter[str]) -> bool:
         """Whether the trajectory counts for its request; a too stale one is counted in `stale` per request."""
+        wanted, counts = gathering.wanted, gathering.counts
         if scored is None:
             DROPPED.labels(self.job_id, "undecodable").inc()
             return False
@@ -123,60 +132,53 @@ class Collector:
         if trajectory.msg_id in self._seen:
             return False
         self._seen.add(trajectory.msg_id)
-        request_id = aliases.get(trajectory.request_id, trajectory.request_id)
+        request_id = gathering.aliases.get(trajectory.request_id, trajectory.request_id)
         if request_id not in wanted or counts[request_id] >= wanted[request_id].n_samples:
             DROPPED.labels(self.job_id, "unrequested").inc()
             return False
-        staleness = current_version - trajectory.oldest_version
-        if staleness > max_staleness:
-            result.dropped_stale += 1
+        staleness = gathering.current_version - trajectory.oldest_version
+        if staleness > gathering.max_staleness:
+            gathering.result.dropped_stale += 1
             DROPPED.labels(self.job_id, "stale").inc()
             stale[request_id] += 1
             return False
         STALENESS.labels(self.job_id).observe(staleness)
         counts[request_id] += 1
-        result.trajectories.append(scored)
+        gathering.result.trajectories.append(scored)
         return True
 
-    async def _replace_stale(
-        self,
-        stale: Counter[str],
-        wanted: dict[str, RolloutRequest],
-        aliases: dict[str, str],
-        counts: dict[str, int],
-        current_version: int,
-        result: Gathered,
-    ) -> None:
+    async def _replace_stale(self, stale: Counter[str], gathering: _Gathering) -> None:
         """Ask again, under a fresh id and the current version, for the samples that were dropped as stale.
 
         A fresh id because the rollout tier commits a request id at most once: sending the same id again would
         be acknowledged as done and sample nothing. Surplus samples (the original still delivering) are dropped.
         """
         again = []
+        current_version = gathering.current_version
         for request_id, dropped in stale.items():
-            request = wanted[request_id]
-            n = min(dropped, request.n_samples - counts[request_id])
+            request = gathering.wanted[request_id]
+            n = min(dropped, request.n_samples - gathering.counts[request_id])
             if n <= 0:
                 continue
             fresh = request.model_copy(
                 update={"msg_id": uuid.uuid4().hex, "n_samples": n, "policy_version": current_version,
                         "created_at": time.time()}
             )  # fmt: skip
-            aliases[fresh.msg_id] = request_id
+            gathering.aliases[fresh.msg_id] = request_id
             again.append(fresh)
         if again:
             log.info("job %s: re-requesting %d stale sample(s) at version %d", self.job_id,
                      sum(r.n_samples for r in again), current_version)  # fmt: skip
             await self.streams.publish_many(self.streams.rollout, again)
-            result.resent += len(again)
+            gathering.result.resent += len(again)
 
-    async def _resend(self, wanted: dict[str, RolloutRequest], counts: dict[str, int], result: Gathered) -> None:
+    async def _resend(self, gathering: _Gathering) -> None:
         """Publish the unfinished requests again, unchanged.
 
         Same message id on purpose: the rollout tier commits a request's trajectories at most once per id, so a
         request that is merely slow is not sampled twice, while one that was lost (never committed) runs again.
         """
-        again = [request for rid, request in wanted.items() if counts[rid] < request.n_samples]
+        again = gathering.unfinished()
         log.warning("job %s: re-sending %d rollout requests that made no progress", self.job_id, len(again))
         await self.streams.publish_many(self.streams.rollout, again)
-        result.resent += len(again)
+        gathering.result.resent += len(again)

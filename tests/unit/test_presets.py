@@ -66,7 +66,7 @@ OURS_ONLY = {
     "name", "kind", "data.shuffle_seed", "data.eval_without_search", "rollout.retriever_url",
     "rollout.request_timeout_s", "rollout.prompt_style", "reward.format_scores", "reward.compat",
     "resources.learner_cpus_per_worker", "resources.learner_cpu_bf16", "resources.rollout_replicas",
-    "resources.rollout_gpus_per_replica", "schedule.seed", "schedule.time_limit_s",
+    "resources.rollout_gpus_per_replica", "schedule.seed", "schedule.time_limit_s", "schedule.max_restarts",
 }  # fmt: skip
 
 
@@ -109,6 +109,7 @@ def test_every_preset_field_is_the_reference_scripts(index: int) -> None:
 def test_the_ours_only_fields_are_at_our_defaults_and_the_paper_names_are_v02() -> None:
     spec = JobSpec.from_preset("reference-v02-grpo")
     assert (spec.reward.compat, spec.rollout.prompt_style, spec.schedule.time_limit_s) == ("ours", "instruct", None)
+    assert spec.schedule.max_restarts == 0, "a learner that dies fails its job unless the job asks for relaunches"
     assert PRESETS["paper-ppo"] is PRESETS["reference-v02-ppo"]
     assert PRESETS["paper-grpo"] is PRESETS["reference-v02-grpo"]
     assert JobSpec.from_preset("paper-grpo") == spec

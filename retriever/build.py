@@ -23,6 +23,7 @@ from retriever.corpus import CorpusError, CorpusRecord, fingerprint, read_corpus
 from retriever.encoders import DEFAULT_DENSE_MODEL, Bm25Encoder, Bm25Params, DenseEncoder, resolve_dense_model
 from retriever.index import IndexBackend, open_index
 from retriever.manifest import IndexManifest
+from retriever.options import IndexOptions, IndexOptionsError, parse_overrides, resolve_options
 from retriever.settings import RetrieverSettings
 from services.contracts import ContractError
 from services.telemetry import configure_logging
@@ -61,11 +62,13 @@ def build_index(
     progress: bool = True,
     index: IndexBackend | None = None,
     dense: DenseEncoder | None = None,
+    options: IndexOptions | None = None,
 ) -> BuildReport:
     """Index `corpus` into the embedded index in `index_dir` (or the collection at `qdrant_url`).
 
     Resumes an unfinished build of the same corpus and model; `force` starts over. The embedding cache defaults
     to `index_dir/embeddings.sqlite`. `index` and `dense` let a caller reuse an open index or a loaded model.
+    `options` (default: the `ram` profile) lays the index out; they are recorded in its manifest.
     """
     started = time.perf_counter()
     corpus, index_dir = Path(corpus), Path(index_dir)
@@ -83,8 +86,9 @@ def build_index(
             corpus=str(corpus),
             corpus_fingerprint=fingerprint(corpus),
             limit=limit,
+            options=options or IndexOptions(),
         )
-        previous = None if force else _previous_manifest(index)
+        previous = None if force else previous_manifest(index)
         if previous is not None:
             mismatch = previous.mismatch(manifest)
             if mismatch:
@@ -95,7 +99,7 @@ def build_index(
             manifest = previous
             log.info("resuming the build after corpus line %d", manifest.committed_lines)
         else:
-            index.create(dense.dim, manifest.model_dump(mode="json"))
+            index.create(dense.dim, manifest.model_dump(mode="json"), manifest.options)
         report = BuildReport(0, resumed_from_line=manifest.committed_lines)
         cache = EmbeddingCache(cache_path or index_dir / "embeddings.sqlite", dense.spec.name, dense.dim)
         bar = tqdm(total=corpus.stat().st_size, unit="B", unit_scale=True, desc="indexing", disable=not progress)
@@ -115,7 +119,8 @@ def build_index(
     return report
 
 
-def _previous_manifest(index: IndexBackend) -> IndexManifest | None:
+def previous_manifest(index: IndexBackend) -> IndexManifest | None:
+    """The manifest of whatever the index holds (None when empty); BuildError when it is not ours or unreadable."""
     raw = index.read_manifest()
     if raw is None:
         if index.exists():
@@ -185,6 +190,21 @@ def _load(
     commit()
 
 
+def add_options_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", help="index layout: ram, int8, binary or lean (default: SEARCHR1_INDEX_PROFILE)")
+    parser.add_argument(
+        "--option", action="append", default=[], metavar="KEY=VALUE", help="override one field of the profile"
+    )
+
+
+def options_from_arguments(args: argparse.Namespace, settings: RetrieverSettings) -> IndexOptions:
+    """--profile and --option over the settings' profile and overrides."""
+    if args.profile is None and not args.option:
+        return settings.build_options()
+    overrides = {**settings.index_options, **parse_overrides(args.option)}
+    return resolve_options(args.profile or settings.index_profile, overrides)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m retriever.build", description=__doc__.split("\n")[0])
     parser.add_argument("--corpus", required=True, type=Path, help="JSONL: Search-R1 (id, contents) or id/title/text")
@@ -197,10 +217,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="index only the first N passages")
     parser.add_argument("--force", action="store_true", help="discard an existing index and start over")
     parser.add_argument("--no-progress", action="store_true")
+    add_options_arguments(parser)
     args = parser.parse_args(argv)
     try:
         settings = RetrieverSettings.load()
-    except ContractError as exc:
+        options = options_from_arguments(args, settings)
+    except (ContractError, IndexOptionsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
@@ -218,6 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             force=args.force,
             limit=args.limit,
             progress=not args.no_progress,
+            options=options,
         )
     except (BuildError, CorpusError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -11,8 +11,20 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from retriever.encoders import Bm25Params
+from retriever.options import IndexOptions
 
 FORMAT_VERSION = 1
+
+
+class VectorsOrigin(BaseModel):
+    """Where an imported index's dense vectors came from (instead of our encoder)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["faiss", "npy", "memmap", "shards"]
+    path: str
+    fingerprint: str
+    count: int = Field(ge=0)
 
 
 class IndexManifest(BaseModel):
@@ -28,10 +40,14 @@ class IndexManifest(BaseModel):
     limit: int | None = Field(None, description="the build stopped after this many passages (tests, benchmarks)")
     committed_lines: int = Field(0, ge=0, description="corpus lines whose passages are durably in the index")
     passages: int = Field(0, ge=0, description="points in the index when it was last committed")
+    committed_rows: int = Field(0, ge=0, description="corpus passages before committed_lines (an import's vector row)")
+    options: IndexOptions = Field(default_factory=IndexOptions, description="quantisation, memory tiers, HNSW")
+    vectors: VectorsOrigin | None = Field(None, description="imported vectors; None = embedded by our encoder")
 
     def mismatch(self, other: IndexManifest) -> str | None:
         """Why a build described by `other` cannot resume this one, or None if it can."""
-        for field in ("format", "dense_model", "dense_dim", "bm25", "corpus_fingerprint", "limit"):
+        fields = ("format", "dense_model", "dense_dim", "bm25", "corpus_fingerprint", "limit", "options", "vectors")
+        for field in fields:
             mine, theirs = getattr(self, field), getattr(other, field)
             if mine != theirs:
                 return f"the index was built with {field}={mine}, this build has {field}={theirs}"

@@ -11,6 +11,7 @@ from retriever.encoders import Bm25Encoder, DenseEncoder, resolve_dense_model
 from retriever.index import Hit, IndexBackend, IndexQuery, open_index
 from retriever.manifest import IndexManifest, IndexNotReadyError
 from retriever.metrics import BATCH_SECONDS, QUERIES
+from retriever.options import QuantizedSearch
 from retriever.settings import RetrieverSettings, SearchMode
 from services.telemetry import Stopwatch
 
@@ -32,6 +33,7 @@ class Searcher:
         exact: bool = False,
         hnsw_ef: int | None = None,
         hybrid_prefetch: int = 50,
+        quantized: QuantizedSearch | None = None,
     ) -> None:
         self.index = index
         self.dense = dense
@@ -39,6 +41,7 @@ class Searcher:
         self.exact = exact
         self.hnsw_ef = hnsw_ef
         self.hybrid_prefetch = hybrid_prefetch
+        self.quantized = quantized  # the index's own oversampling and rescoring (from its manifest)
 
     def search(self, queries: Sequence[str], topk: int = 3, mode: SearchMode = "dense") -> list[list[Hit]]:
         return self.search_items([SearchItem(q, topk, mode) for q in queries])
@@ -62,6 +65,7 @@ class Searcher:
                 exact=self.exact,
                 hnsw_ef=self.hnsw_ef,
                 prefetch=self.hybrid_prefetch,
+                quantized=self.quantized,
             )
             for i, item in enumerate(items)
         ]
@@ -119,4 +123,5 @@ def load_searcher(settings: RetrieverSettings) -> Searcher:
         exact=settings.exact,
         hnsw_ef=settings.hnsw_ef,
         hybrid_prefetch=settings.hybrid_prefetch,
+        quantized=manifest.options.quantized_search,
     )

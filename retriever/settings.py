@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 
+from retriever.options import DEFAULT_PROFILE, PROFILES, IndexOptions, resolve_options
 from services.config import Settings
 
 SearchMode = Literal["dense", "sparse", "hybrid"]
@@ -33,6 +34,12 @@ class RetrieverSettings(Settings):
     max_total_chars: int = Field(262_144, ge=1, description="characters of all a request's queries together")
     max_results: int = Field(16_384, ge=1, description="queries x topk per request: passages one answer may hold")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="larger request bodies are answered 413")
+    index_profile: str = Field(
+        DEFAULT_PROFILE, description=f"layout of the indexes this deployment builds: {', '.join(PROFILES)}"
+    )
+    index_options: dict[str, Any] = Field(
+        default_factory=dict, description="overrides of the profile's fields (retriever.options.IndexOptions)"
+    )
     exact: bool = Field(False, description="exact (flat) dense search instead of HNSW")
     hnsw_ef: int | None = Field(None, ge=1, description="HNSW beam width at query time; None = Qdrant's default")
     hybrid_prefetch: int = Field(50, ge=1, description="candidates per branch fused by RRF in hybrid mode")
@@ -59,6 +66,15 @@ class RetrieverSettings(Settings):
     web_concurrency: int = Field(4, ge=1, description="web search calls in flight at once")
     web_cache_ttl_s: float = Field(3600.0, ge=0, description="how long a web result is reused; 0 = no cache")
     web_cache_entries: int = Field(10_000, ge=1, description="results the web cache holds at most")
+
+    def build_options(self) -> IndexOptions:
+        """The layout an index built or imported by this deployment gets."""
+        return resolve_options(self.index_profile, self.index_options)
+
+    @model_validator(mode="after")
+    def _index_options_valid(self) -> RetrieverSettings:
+        self.build_options()  # IndexOptionsError is a ValueError: it names the bad profile or field
+        return self
 
     @model_validator(mode="after")
     def _web_keys_present(self) -> RetrieverSettings:

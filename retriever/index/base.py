@@ -11,6 +11,7 @@ import numpy as np
 import qdrant_edge
 
 from retriever.corpus import Passage
+from retriever.options import IndexOptions, QuantizedSearch
 
 DENSE = "dense"
 SPARSE = "bm25"
@@ -47,6 +48,7 @@ class IndexQuery:
     exact: bool = False
     hnsw_ef: int | None = None
     prefetch: int = 50
+    quantized: QuantizedSearch | None = None  # how to search a quantised index (oversampling, rescoring)
 
 
 class IndexBackend(Protocol):
@@ -57,8 +59,8 @@ class IndexBackend(Protocol):
     def exists(self) -> bool:
         """Whether the collection (or shard) is there, whoever built it."""
 
-    def create(self, dense_dim: int, manifest: dict[str, Any]) -> None:
-        """An empty collection carrying `manifest`, replacing whatever was there."""
+    def create(self, dense_dim: int, manifest: dict[str, Any], options: IndexOptions) -> None:
+        """An empty collection laid out as `options` say, carrying `manifest`, replacing whatever was there."""
 
     def upsert(
         self, passages: Sequence[Passage], dense: np.ndarray, sparse: Sequence[qdrant_edge.SparseVector]

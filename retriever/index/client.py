@@ -14,8 +14,10 @@ from qdrant_client import QdrantClient, models
 
 from retriever.corpus import Passage
 from retriever.index.base import DENSE, RRF_K, SPARSE, Hit, IndexQuery, passage_of, payload_of, point_id
+from retriever.options import IndexOptions
 
 _MANIFEST_KEY = "searchr1"
+_MEMORY = {"pinned": models.Memory.PINNED, "cached": models.Memory.CACHED, "cold": models.Memory.COLD}
 
 
 class QdrantClientIndex:
@@ -35,14 +37,11 @@ class QdrantClientIndex:
     def exists(self) -> bool:
         return self.client.collection_exists(self.collection)
 
-    def create(self, dense_dim: int, manifest: dict[str, Any]) -> None:
+    def create(self, dense_dim: int, manifest: dict[str, Any], options: IndexOptions) -> None:
         if self.client.collection_exists(self.collection):
             self.client.delete_collection(self.collection)
         self.client.create_collection(
-            self.collection,
-            vectors_config={DENSE: models.VectorParams(size=dense_dim, distance=models.Distance.DOT)},
-            sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
-            metadata={_MANIFEST_KEY: manifest},
+            self.collection, **collection_config(dense_dim, options), metadata={_MANIFEST_KEY: manifest}
         )
 
     def upsert(
@@ -81,11 +80,66 @@ def _sparse(vector: qdrant_edge.SparseVector) -> models.SparseVector:
     return models.SparseVector(indices=list(vector.indices), values=list(vector.values))
 
 
-def _request(query: IndexQuery) -> models.QueryRequest:
+def collection_config(dense_dim: int, options: IndexOptions) -> dict[str, Any]:
+    """`create_collection` arguments laying a collection out as `options` say (shards and replicas included)."""
+    quantization = _quantization(options)
+    hnsw = models.HnswConfigDiff(
+        m=options.hnsw_m, ef_construct=options.hnsw_ef_construct, memory=_MEMORY[options.hnsw_memory]
+    )
+    dense = models.VectorParams(
+        size=dense_dim,
+        distance=models.Distance.DOT,
+        hnsw_config=hnsw,
+        quantization_config=quantization,
+        memory=_MEMORY[options.vectors_memory],
+    )
+    sparse = models.SparseVectorParams(
+        index=models.SparseIndexParams(memory=_MEMORY[options.sparse_memory]), modifier=models.Modifier.IDF
+    )
+    return {
+        "vectors_config": {DENSE: dense},
+        "sparse_vectors_config": {SPARSE: sparse},
+        "shard_number": options.shards,
+        "replication_factor": options.replicas,
+        "payload": models.PayloadStorageParams(memory=_MEMORY[options.payload_memory]),
+    }
+
+
+def _quantization(
+    options: IndexOptions,
+) -> models.ScalarQuantization | models.BinaryQuantization | models.TurboQuantization | None:
+    memory = _MEMORY[options.quantized_memory]
+    if options.quantization == "int8":
+        return models.ScalarQuantization(
+            scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, memory=memory)
+        )
+    if options.quantization == "binary":
+        query_encoding = models.BinaryQuantizationQueryEncoding.SCALAR8BITS
+        return models.BinaryQuantization(
+            binary=models.BinaryQuantizationConfig(query_encoding=query_encoding, memory=memory)
+        )
+    if options.quantization.startswith("turbo"):
+        bits = models.TurboQuantBitSize("bits" + options.quantization.removeprefix("turbo"))
+        return models.TurboQuantization(turbo=models.TurboQuantQuantizationConfig(bits=bits, memory=memory))
+    return None
+
+
+def _params(query: IndexQuery) -> models.SearchParams | None:
     # Local mode warns that search params do nothing there, so they are only sent when they mean something.
-    params = models.SearchParams(exact=True) if query.exact else None
-    if query.hnsw_ef is not None and not query.exact:
-        params = models.SearchParams(hnsw_ef=query.hnsw_ef)
+    if query.exact:
+        return models.SearchParams(exact=True, quantization=models.QuantizationSearchParams(ignore=True))
+    quantization = None
+    if query.quantized is not None:
+        quantization = models.QuantizationSearchParams(
+            rescore=query.quantized.rescore, oversampling=query.quantized.oversampling
+        )
+    if query.hnsw_ef is None and quantization is None:
+        return None
+    return models.SearchParams(hnsw_ef=query.hnsw_ef, quantization=quantization)
+
+
+def _request(query: IndexQuery) -> models.QueryRequest:
+    params = _params(query)
     if query.dense is not None and query.sparse is not None:
         prefetch = max(query.prefetch, query.limit)
         return models.QueryRequest(

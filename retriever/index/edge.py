@@ -19,6 +19,15 @@ import qdrant_edge as qe
 
 from retriever.corpus import Passage
 from retriever.index.base import DENSE, RRF_K, SPARSE, Hit, IndexQuery, passage_of, payload_of, point_id
+from retriever.options import IndexOptions
+
+_MEMORY = {"pinned": qe.Memory.Pinned, "cached": qe.Memory.Cached, "cold": qe.Memory.Cold}
+_TURBO_BITS = {
+    "turbo4": qe.TurboQuantBitSize.Bits4,
+    "turbo2": qe.TurboQuantBitSize.Bits2,
+    "turbo1": qe.TurboQuantBitSize.Bits1,
+}
+_FULL_SCAN_KB = 10_000  # Qdrant's default: segments smaller than this are searched without HNSW
 
 
 class EdgeIndex:
@@ -50,18 +59,13 @@ class EdgeIndex:
     def exists(self) -> bool:
         return self._shard is not None
 
-    def create(self, dense_dim: int, manifest: dict[str, Any]) -> None:
+    def create(self, dense_dim: int, manifest: dict[str, Any], options: IndexOptions) -> None:
         self.manifest_path.unlink(missing_ok=True)
         if self._shard is not None:
             self._shard.close()
             self._shard = None
         shutil.rmtree(self.shard_dir, ignore_errors=True)
-        config = qe.EdgeConfig(
-            vectors={DENSE: qe.EdgeVectorParams(size=dense_dim, distance=qe.Distance.Dot)},
-            sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
-            wal_enabled=False,
-        )
-        self._shard = qe.EdgeShard.create(str(self.shard_dir), config)
+        self._shard = qe.EdgeShard.create(str(self.shard_dir), edge_config(dense_dim, options))
         self.write_manifest(manifest)
 
     def upsert(self, passages: Sequence[Passage], dense: np.ndarray, sparse: Sequence[qe.SparseVector]) -> None:
@@ -92,8 +96,51 @@ class EdgeIndex:
             self._shard = None
 
 
+def edge_config(dense_dim: int, options: IndexOptions) -> qe.EdgeConfig:
+    """The engine's configuration for `options`."""
+    hnsw = qe.HnswIndexConfig(
+        m=options.hnsw_m,
+        ef_construct=options.hnsw_ef_construct,
+        full_scan_threshold=_FULL_SCAN_KB,
+        memory=_MEMORY[options.hnsw_memory],
+    )
+    quantization = _quantization(options)
+    dense = qe.EdgeVectorParams(
+        size=dense_dim,
+        distance=qe.Distance.Dot,
+        quantization_config=quantization,
+        hnsw_config=hnsw,
+        memory=_MEMORY[options.vectors_memory],
+    )
+    sparse = qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf, memory=_MEMORY[options.sparse_memory])
+    return qe.EdgeConfig(
+        vectors={DENSE: dense},
+        sparse_vectors={SPARSE: sparse},
+        hnsw_config=hnsw,
+        payload_memory=_MEMORY[options.payload_memory],
+        wal_enabled=False,
+    )
+
+
+def _quantization(options: IndexOptions) -> qe.QuantizationConfigType | None:
+    memory = _MEMORY[options.quantized_memory]
+    if options.quantization == "int8":
+        return qe.ScalarQuantizationConfig(qe.ScalarType.Int8, memory=memory)
+    if options.quantization == "binary":
+        query_encoding = qe.BinaryQuantizationQueryEncoding.Scalar8Bits
+        return qe.BinaryQuantizationConfig(query_encoding=query_encoding, memory=memory)
+    if options.quantization.startswith("turbo"):
+        return qe.TurboQuantQuantizationConfig(bits=_TURBO_BITS[options.quantization], memory=memory)
+    return None
+
+
 def _request(query: IndexQuery) -> qe.QueryRequest:
-    params = qe.SearchParams(hnsw_ef=query.hnsw_ef, exact=query.exact)
+    quantized, quantization = query.quantized, None
+    if query.exact:  # exact means the float originals, never the codes
+        quantization = qe.QuantizationSearchParams(ignore=True)
+    elif quantized is not None:
+        quantization = qe.QuantizationSearchParams(rescore=quantized.rescore, oversampling=quantized.oversampling)
+    params = qe.SearchParams(hnsw_ef=query.hnsw_ef, exact=query.exact, quantization=quantization)
     dense = qe.Query.Nearest(query.dense.tolist(), using=DENSE) if query.dense is not None else None
     sparse = qe.Query.Nearest(query.sparse, using=SPARSE) if query.sparse is not None else None
     if dense is not None and sparse is not None:

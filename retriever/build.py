@@ -23,7 +23,7 @@ from retriever.corpus import CorpusError, CorpusRecord, fingerprint, read_corpus
 from retriever.encoders import DEFAULT_DENSE_MODEL, Bm25Encoder, Bm25Params, DenseEncoder, resolve_dense_model
 from retriever.index import IndexBackend, open_index
 from retriever.manifest import IndexManifest
-from retriever.options import IndexOptions, IndexOptionsError, parse_overrides, resolve_options
+from retriever.options import PROFILES, IndexOptions, IndexOptionsError, parse_overrides, resolve_options
 from retriever.settings import RetrieverSettings
 from services.contracts import ContractError
 from services.telemetry import configure_logging
@@ -191,7 +191,7 @@ def _load(
 
 
 def add_options_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", help="index layout: ram, int8, binary or lean (default: SEARCHR1_INDEX_PROFILE)")
+    parser.add_argument("--profile", help=f"index layout: {', '.join(PROFILES)} (default: SEARCHR1_INDEX_PROFILE)")
     parser.add_argument(
         "--option", action="append", default=[], metavar="KEY=VALUE", help="override one field of the profile"
     )

@@ -106,10 +106,10 @@ def fictional(out: Path, seed: int = 0, single_hop: int = 40, two_hop: int = 20)
 def demo_job(data: DemoData, steps: int, model: str = DEMO_MODEL, time_limit_s: float | None = None) -> dict[str, Any]:
     """A GRPO JobSpec sized for two CPU cores, each choice measured (README, "make demo"):
     - a one-shot prompt (~200 tokens; prompt tokens dominate the update's cost) and short turns;
-    - sampling at temperature 0.6: at 1.0 the untrained 135M model almost never answers right (EM 0.00 on the
+    - sampling at temperature 0.5: at 1.0 the untrained 135M model almost never answers right (EM 0.00 on the
       generated task) and GRPO gets no signal, at 0.4-0.6 a quarter of its groups differ;
-    - plain EM, the reference's reward; no KL term (no reference model to run), one update per step (the update's
-      old log-probabilities come from its own forward pass) and a learning rate suited to tens of steps."""
+    - EM with the format reward of the reference's second paper and its retrieval bonus; no KL term (no reference
+      model to run), two optimiser steps per step and a learning rate suited to tens of steps."""
     return {
         "name": "demo-grpo",
         "model": model,

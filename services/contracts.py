@@ -505,7 +505,6 @@ class RolloutConfig(EpisodeConfig):
     """A job's rollout section: its episodes' settings (`episode`, what each RolloutRequest carries) and how the
     learner asks for them."""
 
-    retriever_url: str | None = Field(None, max_length=MAX_TEXT)
     request_timeout_s: float = Field(600.0, gt=0, le=MAX_TIMEOUT_S)
     prompt_style: PromptStyle = Field(
         "instruct", description="instruct: the rules, then the question; few_shot: worked examples first, for small "

@@ -63,8 +63,8 @@ REFERENCE: dict[str, tuple[Any, Any, Any, Any]] = {
 }
 # Fields of ours the reference has no counterpart for, and what the presets leave them at.
 OURS_ONLY = {
-    "name", "kind", "data.shuffle_seed", "data.eval_without_search", "rollout.retriever_url",
-    "rollout.request_timeout_s", "rollout.prompt_style", "reward.format_scores", "reward.compat",
+    "name", "kind", "data.shuffle_seed", "data.eval_without_search", "rollout.request_timeout_s",
+    "rollout.prompt_style", "reward.format_scores", "reward.compat",
     "resources.learner_cpus_per_worker", "resources.learner_cpu_bf16", "resources.rollout_replicas",
     "resources.rollout_gpus_per_replica", "schedule.seed", "schedule.time_limit_s", "schedule.max_restarts",
 }  # fmt: skip

@@ -2,7 +2,7 @@
 
 Trajectories older than `max_staleness` policy versions are dropped (0 = the reference's on-policy behaviour)
 and replaced at once by a new request (a fresh id, the current version) for as many samples; duplicates
-(at-least-once delivery) are ignored by trajectory id; requests still short of samples after `retry_after_s`
+(at-least-once delivery) are ignored by trajectory id and counted; requests still short of samples after `retry_after_s`
 without progress are sent again; after `timeout_s` the step fails with a clear error.
 """
 
@@ -25,7 +25,7 @@ STALENESS = histogram(
     "searchr1_policy_staleness", "Policy versions between sampling and training", ["job"], buckets=(0, 1, 2, 4, 8, 16)
 )
 DROPPED = counter("searchr1_learner_dropped_total", "Scored trajectories the learner dropped", ["job", "reason"])
-DROP_REASONS = ("undecodable", "unrequested", "stale")
+DROP_REASONS = ("undecodable", "duplicate", "unrequested", "stale")
 
 GROUP = "learner"
 
@@ -35,6 +35,8 @@ class Gathered:
     trajectories: list[ScoredTrajectory]
     resent: int = 0  # requests published again: unchanged after `retry_after_s`, or anew for stale samples
     dropped_stale: int = 0
+    seen: int = 0  # scored trajectories read from the stream, every delivery
+    duplicates: int = 0  # of them, ones whose trajectory id had been read before (redelivered, scored twice): ignored
     seconds: float = 0.0
     per_request: dict[str, int] = field(default_factory=dict)
 
@@ -128,8 +130,11 @@ class Collector:
             DROPPED.labels(self.job_id, "undecodable").inc()
             return False
         trajectory = scored.trajectory
+        gathering.result.seen += 1
         # A trajectory scored twice (reward-tier redelivery) arrives in two ScoredTrajectory messages.
         if trajectory.msg_id in self._seen:
+            gathering.result.duplicates += 1
+            DROPPED.labels(self.job_id, "duplicate").inc()
             return False
         self._seen.add(trajectory.msg_id)
         request_id = gathering.aliases.get(trajectory.request_id, trajectory.request_id)

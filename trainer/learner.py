@@ -181,6 +181,7 @@ class Learner:
         weights_s = time.perf_counter() - weights_started
         metrics.update(rollout_seconds=rollout_s, update_seconds=update_s, weights_seconds=weights_s,
                        resent_requests=gathered.resent, dropped_stale=gathered.dropped_stale,
+                       trajectories_seen=gathered.seen, duplicate_trajectories=gathered.duplicates,
                        update_tokens_per_second=float(batch.attention_mask.sum()) / max(update_s, 1e-9))  # fmt: skip
         self.export(metrics)
         await self.event("metrics", step=self.step, data=metrics)
@@ -225,6 +226,8 @@ class Learner:
             "finished_ratio": float(np.mean([t.finished for t in trajectories])),
             "format_valid_ratio": float(np.mean([s.format_valid for s in scored])),
             "trajectories": float(len(scored)),
+            # By trajectory id: equal to `trajectories` unless one was trained twice.
+            "distinct_trajectories": float(len({t.msg_id for t in trajectories})),
         }
 
     def export(self, metrics: dict[str, float]) -> None:

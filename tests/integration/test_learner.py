@@ -138,7 +138,8 @@ def assert_step_metrics(metrics: list[JobEvent], steps: list[int], trajectories:
     for event in metrics:
         for key in ("reward_mean", "kl", "entropy", "policy_loss", "grad_norm", "rollout_seconds", "update_seconds"):
             assert isinstance(event.data[key], float) and math.isfinite(event.data[key]), (key, event.data)
-        assert event.data["trajectories"] == trajectories
+        assert event.data["trajectories"] == event.data["distinct_trajectories"] == trajectories
+        assert event.data["trajectories_seen"] == trajectories and event.data["duplicate_trajectories"] == 0
         # Half the stand-in's samples answer with the gold: EM through the real reward worker gives 0.5.
         assert event.data["reward_mean"] == pytest.approx(0.5)
         assert event.data["dropped_stale"] == 0 and event.data["staleness"] == 0
@@ -347,6 +348,7 @@ def test_a_too_stale_trajectory_is_dropped_and_its_sample_requested_again(settin
         gathered = await asyncio.wait_for(gathering, 10)
         assert [s.msg_id for s in gathered.trajectories] == [fresh.msg_id]
         assert (gathered.dropped_stale, gathered.resent) == (1, 1)
+        assert (gathered.seen, gathered.duplicates) == (3, 1), "the stale one twice (once a duplicate), the fresh one"
         assert await streams.redis.xlen(streams.rollout) == 2
 
         # One version behind is fine when the job allows it.

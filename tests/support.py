@@ -19,6 +19,17 @@ from fastapi import FastAPI
 
 from searchr1.redis_server import free_port
 
+# The reference's prompt instruction (scripts/data_process/nq_search.py, template "base"): its wording, not ours.
+# It holds two <answer> blocks (" and ", " Beijing ") and one <information> block (" and ").
+REFERENCE_INSTRUCTION = (
+    "Answer the given question. You must conduct reasoning inside <think> and </think> first every time you get "
+    "new information. After reasoning, if you find you lack some knowledge, you can call a search engine by "
+    "<search> query </search> and it will return the top searched results between <information> and "
+    "</information>. You can search as many times as your want. If you find no further external knowledge "
+    "needed, you can directly provide the answer inside <answer> and </answer>, without detailed illustrations. "
+    "For example, <answer> Beijing </answer>. Question: "
+)
+
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.05) -> None:
     """Poll `predicate` until it holds; fail naming `what` after `timeout_s`."""

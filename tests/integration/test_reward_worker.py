@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 
 import httpx
 import numpy as np
@@ -83,27 +84,37 @@ def test_worker_scores_a_batch_and_routes_each_job(settings: Settings) -> None:
     assert all(r.extracted_answer == "Paris" and r.format_valid for r in answered)
 
 
-def test_poison_trajectories_go_to_dead_letters_while_the_rest_flow(settings: Settings) -> None:
+async def dead_letters_once_scored(
+    settings: Settings, publish: Callable[[Streams], Awaitable[object]], n_scored: int, n_dead: int
+) -> list[dict[bytes, bytes]]:
+    """Run the real reward worker, let `publish` write to its stream, and wait (30 s at most) until job "job" has
+    `n_scored` scored trajectories and the stream `n_dead` dead letters; returns the dead letters' fields."""
     reward_settings = RewardSettings(**settings.model_dump())
+    streams = Streams(connect(reward_settings), reward_settings)
+    worker = build_worker(streams, reward_settings)
+    task = asyncio.create_task(worker.run())
+    await publish(streams)
+    dead_stream = streams.dead_letter_stream(streams.reward)
+    deadline = time.monotonic() + 30
+    while len(scored(settings, "job")) < n_scored or await streams.redis.xlen(dead_stream) < n_dead:
+        assert time.monotonic() < deadline, f"not {n_scored} scored and {n_dead} dead letters within 30 s"
+        await asyncio.sleep(0.05)
+    worker.request_stop()
+    await task
+    dead = [fields for _, fields in await streams.redis.xrange(dead_stream)]
+    await streams.redis.aclose()
+    return dead
+
+
+def test_poison_trajectories_go_to_dead_letters_while_the_rest_flow(settings: Settings) -> None:
     good = [trajectory(*CASES[0][:3], job="job") for _ in range(10)]
     no_golds = trajectory("<answer>x</answer>", [], "em", job="job")
 
-    async def go() -> list[dict]:
-        streams = Streams(connect(reward_settings), reward_settings)
-        worker = build_worker(streams, reward_settings)
-        task = asyncio.create_task(worker.run())
+    async def publish(streams: Streams) -> None:
         await streams.publish_many(streams.reward, [*good[:5], no_golds, *good[5:]])
         await streams.redis.xadd(streams.reward, {KIND_FIELD: b"trajectory", DATA_FIELD: b"\x93broken"})
-        dead_stream = streams.dead_letter_stream(streams.reward)
-        while len(scored(settings, "job")) < 10 or await streams.redis.xlen(dead_stream) < 2:
-            await asyncio.sleep(0.05)
-        worker.request_stop()
-        await task
-        dead = [fields for _, fields in await streams.redis.xrange(dead_stream)]
-        await streams.redis.aclose()
-        return dead
 
-    dead = asyncio.run(go())
+    dead = asyncio.run(dead_letters_once_scored(settings, publish, n_scored=10, n_dead=2))
     errors = sorted(fields[b"error"].decode() for fields in dead)
     assert any("has no golden answers" in e for e in errors), errors
     assert any("Trajectory" in e for e in errors), errors

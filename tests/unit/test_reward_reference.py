@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import REFERENCE_INSTRUCTION
 
 from reward.reference import normalize, reference_answer, reference_format_valid
 from reward.scoring import FormatScores, normalize_answer, reference_score, score
@@ -14,26 +15,17 @@ from reward.worker import score_trajectory
 from services.contracts import ContractError, JobSpec, RewardConfig, Trajectory
 from services.worker import PermanentError
 
-# The reference's prompt (scripts/data_process/nq_search.py, template "base") as Qwen2.5's chat template renders
-# it for generation: it holds two <answer> blocks (" and ", " Beijing ") and one <information> block (" and ").
-INSTRUCTION = (
-    "Answer the given question. You must conduct reasoning inside <think> and </think> first every time you get "
-    "new information. After reasoning, if you find you lack some knowledge, you can call a search engine by "
-    "<search> query </search> and it will return the top searched results between <information> and "
-    "</information>. You can search as many times as your want. If you find no further external knowledge "
-    "needed, you can directly provide the answer inside <answer> and </answer>, without detailed illustrations. "
-    "For example, <answer> Beijing </answer>. Question: "
-)
+# The reference's prompt as Qwen2.5's chat template renders it for generation.
 SYSTEM = "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
 
 
 def chat_prompt(question: str = "what is the capital of france?") -> str:
-    return f"{SYSTEM}<|im_start|>user\n{INSTRUCTION}{question}\n<|im_end|>\n<|im_start|>assistant\n"
+    return f"{SYSTEM}<|im_start|>user\n{REFERENCE_INSTRUCTION}{question}\n<|im_end|>\n<|im_start|>assistant\n"
 
 
 def raw_prompt(question: str = "what is the capital of france?") -> str:
     """The prompt as a base model without a chat template gets it: no assistant marker."""
-    return f"{INSTRUCTION}{question}\n"
+    return f"{REFERENCE_INSTRUCTION}{question}\n"
 
 
 SEARCHED = (

@@ -10,6 +10,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support import REFERENCE_INSTRUCTION
 
 from services.contracts import DataConfig, DataSource
 from trainer.data import (
@@ -323,15 +324,6 @@ def test_prompt_stream_resumes_and_checks_the_data() -> None:
 
 # --------------------------------------------------------------------------------------------------------------
 # The prompt a Search-R1 row trains on
-
-REFERENCE_INSTRUCTION = (  # scripts/data_process/nq_search.py, template "base" (its wording, not ours)
-    "Answer the given question. You must conduct reasoning inside <think> and </think> first every time you get "
-    "new information. After reasoning, if you find you lack some knowledge, you can call a search engine by "
-    "<search> query </search> and it will return the top searched results between <information> and "
-    "</information>. You can search as many times as your want. If you find no further external knowledge "
-    "needed, you can directly provide the answer inside <answer> and </answer>, without detailed illustrations. "
-    "For example, <answer> Beijing </answer>. Question: "
-)
 
 
 @pytest.fixture(scope="module")

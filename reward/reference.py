@@ -8,7 +8,8 @@ default mode can keep its fixes while this one stays the reference's:
   so a response with no answer is scored on the example's "Beijing", and an `<answer>` in the question pairs
   with the response's `</answer>`.
 - The format is checked on what follows the first `<|im_start|>assistant` marker; a text with no such marker
-  (a prompt rendered without a chat template) is never well-formed.
+  (a prompt rendered without a chat template) is never well-formed. The tag grammar is the one our mode uses
+  too (`reward.grammar`); how the text is split and where whitespace counts is the reference's.
 - The retrieval bonus is a substring test over every `<information>` block of the text (the prompt's
   `between <information> and </information>` included); a gold that normalises to "" matches everything, in
   `subem` too.
@@ -21,6 +22,8 @@ import string
 from collections.abc import Iterable
 from typing import Literal
 
+from reward.grammar import DONE, IN_BLOCK, TRANSITIONS
+
 ReferenceKind = Literal["em", "subem", "em_format"]
 
 _PUNCTUATION = frozenset(string.punctuation)
@@ -28,19 +31,6 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _ASSISTANT = re.compile(r"<\|im_start\|>assistant\s*")
 _TAGS = ("think", "search", "information", "answer")
 _SPLIT = re.compile(r"(</?(?:think|search|information|answer)>)")
-# The format's grammar: think, then (search, information, think)*, then answer; only whitespace between blocks.
-_NEXT = {
-    ("start", "<think>"): "in_think",
-    ("information", "<think>"): "in_think",
-    ("in_think", "</think>"): "after_think",
-    ("after_think", "<search>"): "in_search",
-    ("in_search", "</search>"): "after_search",
-    ("after_search", "<information>"): "in_information",
-    ("in_information", "</information>"): "information",
-    ("after_think", "<answer>"): "in_answer",
-    ("in_answer", "</answer>"): "end",
-}
-_INSIDE = frozenset({"in_think", "in_search", "in_information", "in_answer"})
 
 
 def normalize(text: str) -> str:
@@ -83,13 +73,13 @@ def reference_format_valid(solution_str: str) -> bool:
         if not part.strip():
             continue
         if index % 2:  # re.split puts the captured tags at the odd places
-            next_state = _NEXT.get((state, part))
+            next_state = TRANSITIONS[state].get(part)
             if next_state is None:
                 return False
             state = next_state
-        elif state not in _INSIDE:
+        elif state not in IN_BLOCK:
             return False
-    return state == "end"
+    return state == DONE
 
 
 def reference_retrieval_hit(solution_str: str, golden_answers: str | Iterable[str]) -> bool:

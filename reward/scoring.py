@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from reward.grammar import DONE, IN_BLOCK, TRANSITIONS
 from reward.reference import reference_score
 from services.contracts import FormatScoreConfig
 
@@ -170,24 +171,8 @@ class FormatCheck:
         return self.valid
 
 
-# The grammar think -> (search -> information -> think)* -> answer as a state machine. A state is either
-# inside a block (any text allowed until its closing tag) or between blocks (only whitespace allowed).
-_TRANSITIONS: dict[str, dict[str, str]] = {
-    "start": {"<think>": "in_think"},
-    "in_think": {"</think>": "after_think"},
-    "after_think": {"<search>": "in_search", "<answer>": "in_answer"},
-    "in_search": {"</search>": "after_search"},
-    "after_search": {"<information>": "in_information"},
-    "in_information": {"</information>": "after_information"},
-    "after_information": {"<think>": "in_think"},
-    "in_answer": {"</answer>": "done"},
-    "done": {},
-}
-_INSIDE = {"in_think": "<think>", "in_search": "<search>", "in_information": "<information>", "in_answer": "<answer>"}
-
-
 def _expected(state: str) -> str:
-    return " or ".join(_TRANSITIONS[state]) or "the end of the response"
+    return " or ".join(TRANSITIONS[state]) or "the end of the response"
 
 
 def check_format(response: str, *, require_answer: bool = True) -> FormatCheck:
@@ -205,19 +190,19 @@ def check_format(response: str, *, require_answer: bool = True) -> FormatCheck:
     pos = 0
     for match in _TAG.finditer(response):
         gap = response[pos : match.start()]
-        if state not in _INSIDE and gap.strip():
+        if state not in IN_BLOCK and gap.strip():
             return FormatCheck(False, f"text {gap.strip()[:40]!r} where {_expected(state)} was expected")
         tag = match.group(0)
-        nxt = _TRANSITIONS[state].get(tag)
+        nxt = TRANSITIONS[state].get(tag)
         if nxt is None:
             return FormatCheck(False, f"found {tag} where {_expected(state)} was expected")
         state, pos = nxt, match.end()
-    if state in _INSIDE:
-        return FormatCheck(False, f"unclosed {_INSIDE[state]}")
+    if state in IN_BLOCK:
+        return FormatCheck(False, f"unclosed {IN_BLOCK[state]}")
     tail = response[pos:].strip()
     if tail:
         return FormatCheck(False, f"text {tail[:40]!r} where {_expected(state)} was expected")
-    if state == "done":
+    if state == DONE:
         return FormatCheck(True, "ok")
     if state == "start":
         return FormatCheck(False, "no <think> block")

@@ -21,8 +21,15 @@ from typing import Any
 import httpx
 
 from rollout.agent import Document, Retriever
+from services.telemetry import counter
 
 log = logging.getLogger(__name__)
+
+RETRIES = counter(
+    "searchr1_rollout_retrieval_retries_total", "Retrieval calls sent again after a failed attempt", ["reason"]
+)
+for _reason in ("transport", "server_error"):
+    RETRIES.labels(_reason)  # at 0 from the start: a dashboard shows no retries, not no data
 
 
 class RetrievalError(RuntimeError):
@@ -99,6 +106,7 @@ class HTTPRetriever:
         last_error: Exception | None = None
         for attempt in range(self.retries + 1):
             if attempt:
+                RETRIES.labels("transport" if isinstance(last_error, httpx.HTTPError) else "server_error").inc()
                 await asyncio.sleep(self.backoff_s * attempt)
             try:
                 self.requests += 1

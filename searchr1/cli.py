@@ -201,7 +201,7 @@ def _platform_config(args: argparse.Namespace) -> Any:
     return PlatformConfig(
         run_dir=run_dir, index_dir=Path(args.index or run_dir / "index").resolve(), model=args.model,
         engine=args.engine, api_port=args.api_port, retriever_mode=args.retriever_mode,
-        **_port_overrides(args.port),
+        retriever_link=args.retriever_link, **_port_overrides(args.port),
     )  # fmt: skip
 
 
@@ -437,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--engine", choices=["vllm", "hf"], default="vllm")
         sub.add_argument("--api-port", type=int, default=8080)
         sub.add_argument("--retriever-mode", choices=["dense", "sparse", "hybrid"], default="dense")
+        sub.add_argument(
+            "--retriever-link", metavar="URL", help="the rollout tier reaches the retriever here (e.g. a fault proxy)"
+        )
         sub.add_argument(
             "--port",
             action="append",

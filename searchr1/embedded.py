@@ -178,6 +178,7 @@ class PlatformConfig:
     rollout_metrics_port: int = 9103
     learner_metrics_port: int = 9104
     retriever_mode: str = "dense"
+    retriever_link: str | None = None  # where the rollout tier reaches the retriever, if not its port (a fault proxy)
     max_model_len: int = 4096
     redis_url: str | None = None
     api_token: str | None = None
@@ -284,7 +285,7 @@ def platform_specs(config: PlatformConfig, redis_url: str) -> list[ServiceSpec]:
                 **common,
                 "SEARCHR1_MODEL": config.model,
                 "SEARCHR1_ENGINE": config.engine,
-                "SEARCHR1_RETRIEVER_URL": retriever_url,
+                "SEARCHR1_RETRIEVER_URL": config.retriever_link or retriever_url,
                 "SEARCHR1_HTTP_PORT": str(config.rollout_port),
                 "SEARCHR1_MAX_MODEL_LEN": str(config.max_model_len),
                 "SEARCHR1_METRICS_PORT": str(config.rollout_metrics_port),

@@ -468,6 +468,11 @@ class GRPOConfig(_AlgorithmBase):
     kl_in_reward: bool = False
     group_size: int = Field(5, ge=2, le=64, description="samples per prompt; advantages are normalised per group")
     std_eps: float = Field(1e-6, gt=0, le=1)
+    skip_uniform_groups: bool = Field(
+        False, description="update on the groups whose rewards differ only: an all-equal group has advantage 0, so "
+        "it adds compute but no policy gradient (its KL and entropy terms go with it; the loss is the token mean of "
+        "the groups kept). The step keeps its count of optimiser steps; a step with no such group makes none",
+    )  # fmt: skip
 
 
 class DataSource(_Strict):

@@ -274,6 +274,15 @@ def compute_gae(
     return advantages, returns
 
 
+def varied_groups(scores: Tensor, prompt_uids: Sequence[Hashable]) -> Tensor:
+    """Indices (ascending) of the samples whose group (samples of the same prompt uid) holds differing scores."""
+    groups: dict[Hashable, list[int]] = {}
+    for index, uid in enumerate(prompt_uids):
+        groups.setdefault(uid, []).append(index)
+    kept = [i for members in groups.values() if scores[members].max() > scores[members].min() for i in members]
+    return torch.tensor(sorted(kept), dtype=torch.long)
+
+
 def grpo_advantages(
     scores: Tensor,
     prompt_uids: Sequence[Hashable],

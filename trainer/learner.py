@@ -182,7 +182,7 @@ class Learner:
         metrics.update(rollout_seconds=rollout_s, update_seconds=update_s, weights_seconds=weights_s,
                        resent_requests=gathered.resent, dropped_stale=gathered.dropped_stale,
                        trajectories_seen=gathered.seen, duplicate_trajectories=gathered.duplicates,
-                       update_tokens_per_second=float(batch.attention_mask.sum()) / max(update_s, 1e-9))  # fmt: skip
+                       update_tokens_per_second=stats["trained_tokens"] / max(update_s, 1e-9))  # fmt: skip
         self.export(metrics)
         await self.event("metrics", step=self.step, data=metrics)
         log.info("job %s step %d/%d reward %.3f", self.ctx.job_id, self.step, spec.schedule.total_steps,

@@ -15,6 +15,7 @@ of the whole mini-batch: the update is the one a single rank makes on the whole 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -169,6 +170,12 @@ def _train_step(
 ) -> dict[str, float]:
     chunk = micro_per_rank(config, ranks)
     mini = min(config.mini_batch_size, len(batch))
+    if isinstance(config, GRPOConfig) and config.skip_uniform_groups:
+        optimiser_steps = math.ceil(len(batch) / mini)
+        batch = batch.select(algos.varied_groups(batch.scores, batch.prompt_uids))
+        if len(batch) == 0:
+            return _no_update(models)
+        mini = math.ceil(len(batch) / optimiser_steps)
     # One GRPO update on the whole batch: the policy has not moved when its loss is computed, so the update's own
     # forward pass gives the old log-probabilities (ratio 1) and a separate pass would repeat it.
     single_pass = isinstance(config, GRPOConfig) and config.epochs == 1 and mini == len(batch)
@@ -191,7 +198,16 @@ def _train_step(
         for start in range(0, len(batch), mini):
             rows = order[start : start + mini]
             _update_minibatch(step, rows, stats)
-    result = stats.means()
+    trained = {"trained_trajectories": float(len(batch)), "trained_tokens": float(batch.attention_mask.sum())}
+    return _end_step(models, {**stats.means(), **trained})
+
+
+def _no_update(models: Models) -> dict[str, float]:
+    """A GRPO step whose groups all scored alike: nothing to learn, no optimiser step; the schedule moves on."""
+    return _end_step(models, {"trained_trajectories": 0.0, "trained_tokens": 0.0, "policy_loss": 0.0, "grad_norm": 0.0})
+
+
+def _end_step(models: Models, result: dict[str, float]) -> dict[str, float]:
     result["lr"] = models.optimizer.param_groups[0]["lr"]
     models.scheduler.step()
     if models.critic_scheduler is not None:

@@ -190,3 +190,44 @@ def test_bf16_autocast_runs_the_update_in_bf16_and_keeps_fp32_weights(model_dir:
     assert all(p.dtype is torch.float32 for p in models.policy.parameters())
     assert after[0] > before[0] and after[1] < before[1], "the rewarded response became likelier in bf16 too"
     assert np.isfinite(list(stats.values())).all()
+
+
+def uniform_skipping_spec(mini_batch_size: int = 4) -> JobSpec:
+    """GRPO without KL or entropy terms, so a group of equal rewards contributes exactly no gradient."""
+    algo = {"skip_uniform_groups": True, "kl_coef": 0.0, "entropy_coef": 0.0, "mini_batch_size": mini_batch_size,
+            "micro_batch_size": min(2, mini_batch_size)}  # fmt: skip
+    return spec_for("grpo").model_copy(update={"algorithm": spec_for("grpo").algorithm.model_copy(update=algo)})
+
+
+def test_skipping_uniform_groups_makes_the_update_of_the_varied_groups_alone(model_dir: Path) -> None:
+    """Were the wrong group kept, its advantages would be 0 and the policy would not move like the varied group's."""
+    spec = uniform_skipping_spec()
+    varied = [scored(GOOD, GOOD_MASK, 1.0, "src-a:1"), scored(BAD, [1, 1, 1], 0.0, "src-a:1")]
+    uniform = [scored(GOOD, GOOD_MASK, 1.0, "src-b:1"), scored(BAD, [1, 1, 1], 1.0, "src-b:1")]
+    torch.manual_seed(0)
+    skipping = build_models(spec, str(model_dir), torch.device("cpu"))
+    torch.manual_seed(0)
+    alone = build_models(spec, str(model_dir), torch.device("cpu"))
+    stats = train_step(spec.algorithm, collate(uniform + varied, pad_id=0), skipping)
+    train_step(spec.algorithm, collate(varied, pad_id=0), alone)
+    assert stats["trained_trajectories"] == 2.0
+    for (name, a), (_, b) in zip(skipping.policy.named_parameters(), alone.policy.named_parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7, msg=name)
+
+
+def test_skipping_keeps_the_count_of_optimiser_steps_and_skips_a_step_with_nothing_to_learn(model_dir: Path) -> None:
+    spec = uniform_skipping_spec(mini_batch_size=2)  # 4 trajectories: two optimiser steps per training step
+    models = build_models(spec, str(model_dir), torch.device("cpu"))
+    steps: list[int] = []
+    models.optimizer.register_step_post_hook(lambda *_: steps.append(1))
+    half = [scored(GOOD, GOOD_MASK, 1.0, "src-a:1"), scored(BAD, [1, 1, 1], 0.0, "src-a:1"),
+            scored(GOOD, GOOD_MASK, 0.0, "src-b:1"), scored(BAD, [1, 1, 1], 0.0, "src-b:1")]  # fmt: skip
+    assert train_step(spec.algorithm, collate(half, pad_id=0), models)["trained_trajectories"] == 2.0
+    assert len(steps) == 2, "the two kept rows were split over the step's two optimiser steps"
+    before = [p.detach().clone() for p in models.policy.parameters()]
+    lr_before = models.optimizer.param_groups[0]["lr"]
+    alike = [scored(GOOD, GOOD_MASK, 1.0, "src-c:1"), scored(BAD, [1, 1, 1], 1.0, "src-c:1")]
+    stats = train_step(spec.algorithm, collate(alike, pad_id=0), models)
+    assert stats["trained_trajectories"] == 0.0 and stats["lr"] == lr_before and len(steps) == 2
+    assert all(torch.equal(a, b) for a, b in zip(before, models.policy.parameters(), strict=True))
+    assert models.scheduler.last_epoch == 2, "the learning-rate schedule still counts the step"

@@ -67,6 +67,7 @@ OURS_ONLY = {
     "rollout.prompt_style", "reward.format_scores", "reward.compat",
     "resources.learner_cpus_per_worker", "resources.learner_cpu_bf16", "resources.rollout_replicas",
     "resources.rollout_gpus_per_replica", "schedule.seed", "schedule.time_limit_s", "schedule.max_restarts",
+    "algorithm.skip_uniform_groups",
 }  # fmt: skip
 
 

@@ -11,17 +11,17 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import ValidationError
 from tqdm import tqdm
 
 from retriever.cache import EmbeddingCache
-from retriever.corpus import CorpusError, CorpusRecord, fingerprint, read_corpus
+from retriever.corpus import CorpusError, CorpusRecord, fingerprint
 from retriever.encoders import DEFAULT_DENSE_MODEL, Bm25Encoder, Bm25Params, DenseEncoder, resolve_dense_model
-from retriever.index import IndexBackend, open_index
+from retriever.index import IndexBackend
+from retriever.loading import BuildError, CorpusLoader, IndexTarget, resume_or_create
 from retriever.manifest import IndexManifest
 from retriever.options import PROFILES, IndexOptions, IndexOptionsError, parse_overrides, resolve_options
 from retriever.settings import RetrieverSettings
@@ -29,10 +29,6 @@ from services.contracts import ContractError
 from services.telemetry import configure_logging
 
 log = logging.getLogger(__name__)
-
-
-class BuildError(RuntimeError):
-    """The build cannot go on as asked (e.g. an index of another model is in the way)."""
 
 
 @dataclass
@@ -47,12 +43,9 @@ class BuildReport:
 
 def build_index(
     corpus: str | Path,
-    index_dir: str | Path,
+    target: IndexTarget | str | Path,
     *,
     model: str = DEFAULT_DENSE_MODEL,
-    qdrant_url: str | None = None,
-    qdrant_api_key: str | None = None,
-    collection: str = "passages",
     bm25: Bm25Params | None = None,
     batch_size: int = 256,
     checkpoint_every: int = 4096,
@@ -64,18 +57,18 @@ def build_index(
     dense: DenseEncoder | None = None,
     options: IndexOptions | None = None,
 ) -> BuildReport:
-    """Index `corpus` into the embedded index in `index_dir` (or the collection at `qdrant_url`).
+    """Index `corpus` into `target` (an IndexTarget, or the folder of an embedded index).
 
     Resumes an unfinished build of the same corpus and model; `force` starts over. The embedding cache defaults
-    to `index_dir/embeddings.sqlite`. `index` and `dense` let a caller reuse an open index or a loaded model.
-    `options` (default: the `ram` profile) lays the index out; they are recorded in its manifest.
+    to `embeddings.sqlite` in the target's folder. `index` and `dense` let a caller reuse an open index or a
+    loaded model. `options` (default: the `ram` profile) lays the index out; they are recorded in its manifest.
     """
     started = time.perf_counter()
-    corpus, index_dir = Path(corpus), Path(index_dir)
+    corpus, target = Path(corpus), IndexTarget.of(target)
     if not corpus.is_file():
         raise BuildError(f"corpus file {corpus} does not exist")
     owned = index is None
-    index = index or open_index(index_dir, qdrant_url, qdrant_api_key, collection)
+    index = index or target.open()
     try:
         dense = dense or DenseEncoder(resolve_dense_model(model))
         sparse = Bm25Encoder(bm25)
@@ -88,23 +81,27 @@ def build_index(
             limit=limit,
             options=options or IndexOptions(),
         )
-        previous = None if force else previous_manifest(index)
-        if previous is not None:
-            mismatch = previous.mismatch(manifest)
-            if mismatch:
-                raise BuildError(f"{mismatch}; pass force=True (--force) to rebuild from scratch")
-            if previous.state == "complete":
-                log.info("index in %s is already complete (%d passages)", index_dir, previous.passages)
-                return BuildReport(previous.passages, already_complete=True, seconds=time.perf_counter() - started)
-            manifest = previous
+        manifest = resume_or_create(index, manifest, force=force, action="rebuild")
+        if manifest.state == "complete":
+            log.info("index in %s is already complete (%d passages)", target.folder, manifest.passages)
+            return BuildReport(manifest.passages, already_complete=True, seconds=time.perf_counter() - started)
+        if manifest.committed_lines:
             log.info("resuming the build after corpus line %d", manifest.committed_lines)
-        else:
-            index.create(dense.dim, manifest.model_dump(mode="json"), manifest.options)
         report = BuildReport(0, resumed_from_line=manifest.committed_lines)
-        cache = EmbeddingCache(cache_path or index_dir / "embeddings.sqlite", dense.spec.name, dense.dim)
+        cache = EmbeddingCache(cache_path or target.folder / "embeddings.sqlite", dense.spec.name, dense.dim)
         bar = tqdm(total=corpus.stat().st_size, unit="B", unit_scale=True, desc="indexing", disable=not progress)
+
+        def upsert(batch: Sequence[CorpusRecord], _row: int) -> None:
+            contents = [record.passage.contents for record in batch]
+            vectors, computed = cache.get_or_compute(dense.passage_inputs(contents), dense.encode_passage_inputs)
+            index.upsert([record.passage for record in batch], vectors, sparse.encode_passages(contents))
+            report.indexed += len(batch)
+            report.encoded += computed
+            bar.update(batch[-1].offset - bar.n)
+
+        budget = None if limit is None else limit - manifest.passages
         try:
-            _load(corpus, index, dense, sparse, cache, manifest, report, bar, batch_size, checkpoint_every, limit)
+            CorpusLoader(index, manifest, batch_size, checkpoint_every).load(corpus, upsert, budget)
         finally:
             bar.close()
             cache.close()
@@ -119,78 +116,13 @@ def build_index(
     return report
 
 
-def previous_manifest(index: IndexBackend) -> IndexManifest | None:
-    """The manifest of whatever the index holds (None when empty); BuildError when it is not ours or unreadable."""
-    raw = index.read_manifest()
-    if raw is None:
-        if index.exists():
-            raise BuildError(
-                "the index holds data that searchr1 did not build; pass force=True (--force) to replace it"
-            )
-        return None
-    try:
-        return IndexManifest.model_validate(raw)
-    except ValidationError:
-        raise BuildError(
-            "the index manifest is unreadable; pass force=True (--force) to rebuild from scratch"
-        ) from None
-
-
-def _load(
-    corpus: Path,
-    index: IndexBackend,
-    dense: DenseEncoder,
-    sparse: Bm25Encoder,
-    cache: EmbeddingCache,
-    manifest: IndexManifest,
-    report: BuildReport,
-    bar: tqdm,
-    batch_size: int,
-    checkpoint_every: int,
-    limit: int | None,
-) -> None:
-    """Upsert batches; every `checkpoint_every` passages (and on a bad line or Ctrl-C) record durable progress."""
-    done_line, since_checkpoint = manifest.committed_lines, 0
-    budget = None if limit is None else limit - manifest.passages
-
-    def commit() -> None:
-        index.flush()
-        manifest.committed_lines, manifest.passages = done_line, index.count()
-        index.write_manifest(manifest.model_dump(mode="json"))
-
-    def upsert(batch: Sequence[CorpusRecord]) -> None:
-        nonlocal done_line, since_checkpoint
-        passages = [record.passage for record in batch]
-        vectors, computed = cache.get_or_compute(
-            dense.passage_inputs([p.contents for p in passages]), dense.encode_passage_inputs
-        )
-        index.upsert(passages, vectors, sparse.encode_passages([p.contents for p in passages]))
-        report.indexed += len(batch)
-        report.encoded += computed
-        done_line, since_checkpoint = batch[-1].line, since_checkpoint + len(batch)
-        bar.update(batch[-1].offset - bar.n)
-        if since_checkpoint >= checkpoint_every:
-            commit()
-            since_checkpoint = 0
-
-    batch: list[CorpusRecord] = []
-    try:
-        for record in read_corpus(corpus, skip_lines=manifest.committed_lines):
-            if budget is not None and report.indexed + len(batch) >= budget:
-                break
-            batch.append(record)
-            if len(batch) == batch_size:
-                upsert(batch)
-                batch = []
-        if batch:
-            upsert(batch)
-    except (CorpusError, KeyboardInterrupt):
-        commit()
-        raise
-    commit()
-
-
-def add_options_arguments(parser: argparse.ArgumentParser) -> None:
+def add_common_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
+    """The build's and the import's shared options: where the index is, --force, --no-progress and its layout."""
+    parser.add_argument("--index", type=Path, help="index folder (default: SEARCHR1_INDEX_DIR)")
+    parser.add_argument("--qdrant-url", help=f"{verb} into a Qdrant server instead of the embedded engine")
+    parser.add_argument("--collection", help="Qdrant collection (default: SEARCHR1_COLLECTION or passages)")
+    parser.add_argument("--force", action="store_true", help="discard an existing index and start over")
+    parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--profile", help=f"index layout: {', '.join(PROFILES)} (default: SEARCHR1_INDEX_PROFILE)")
     parser.add_argument(
         "--option", action="append", default=[], metavar="KEY=VALUE", help="override one field of the profile"
@@ -205,20 +137,13 @@ def options_from_arguments(args: argparse.Namespace, settings: RetrieverSettings
     return resolve_options(args.profile or settings.index_profile, overrides)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m retriever.build", description=__doc__.split("\n")[0])
-    parser.add_argument("--corpus", required=True, type=Path, help="JSONL: Search-R1 (id, contents) or id/title/text")
-    parser.add_argument("--index", type=Path, help="index folder (default: SEARCHR1_INDEX_DIR)")
-    parser.add_argument("--model", default=DEFAULT_DENSE_MODEL, help=f"dense model (default {DEFAULT_DENSE_MODEL})")
-    parser.add_argument("--qdrant-url", help="build into a Qdrant server instead of the embedded engine")
-    parser.add_argument("--collection", help="Qdrant collection (default: SEARCHR1_COLLECTION or passages)")
-    parser.add_argument("--cache", type=Path, help="embedding cache file (default: INDEX/embeddings.sqlite)")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--limit", type=int, help="index only the first N passages")
-    parser.add_argument("--force", action="store_true", help="discard an existing index and start over")
-    parser.add_argument("--no-progress", action="store_true")
-    add_options_arguments(parser)
-    args = parser.parse_args(argv)
+def run_command(
+    args: argparse.Namespace,
+    run: Callable[[RetrieverSettings, IndexOptions], str],
+    errors: tuple[type[Exception], ...],
+) -> int:
+    """The frame of the build and import commands: the settings and index options, logging, then `run`, whose
+    summary line is printed. Bad settings or an error of `errors` exit with status 2, Ctrl-C with 130."""
     try:
         settings = RetrieverSettings.load()
         options = options_from_arguments(args, settings)
@@ -226,15 +151,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
     try:
+        print(run(settings, options))
+    except errors as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m retriever.build", description=__doc__.split("\n")[0])
+    parser.add_argument("--corpus", required=True, type=Path, help="JSONL: Search-R1 (id, contents) or id/title/text")
+    parser.add_argument("--model", default=DEFAULT_DENSE_MODEL, help=f"dense model (default {DEFAULT_DENSE_MODEL})")
+    parser.add_argument("--cache", type=Path, help="embedding cache file (default: INDEX/embeddings.sqlite)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--limit", type=int, help="index only the first N passages")
+    add_common_arguments(parser, "build")
+    args = parser.parse_args(argv)
+
+    def run(settings: RetrieverSettings, options: IndexOptions) -> str:
         report = build_index(
             args.corpus,
-            args.index or settings.index_dir,
+            IndexTarget.from_arguments(args, settings),
             model=args.model,
-            qdrant_url=args.qdrant_url or settings.qdrant_url,
-            qdrant_api_key=api_key,
-            collection=args.collection or settings.collection,
             batch_size=args.batch_size,
             cache_path=args.cache,
             force=args.force,
@@ -242,17 +184,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=not args.no_progress,
             options=options,
         )
-    except (BuildError, CorpusError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume", file=sys.stderr)
-        return 130
-    state = "already complete" if report.already_complete else f"built in {report.seconds:.1f} s"
-    print(
-        f"index: {report.passages} passages, {state}; {report.indexed} upserted, {report.encoded} embeddings computed"
-    )
-    return 0
+        state = "already complete" if report.already_complete else f"built in {report.seconds:.1f} s"
+        computed = f"{report.indexed} upserted, {report.encoded} embeddings computed"
+        return f"index: {report.passages} passages, {state}; {computed}"
+
+    return run_command(args, run, (BuildError, CorpusError))
 
 
 if __name__ == "__main__":

@@ -23,17 +23,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from retriever.build import BuildError, add_options_arguments, options_from_arguments, previous_manifest
-from retriever.corpus import CorpusError, CorpusRecord, read_corpus
+from retriever.build import add_common_arguments, run_command
+from retriever.corpus import CorpusError, CorpusRecord
 from retriever.corpus import fingerprint as corpus_fingerprint
 from retriever.encoders import Bm25Encoder, Bm25Params
-from retriever.index import IndexBackend, open_index
+from retriever.index import IndexBackend
+from retriever.loading import BuildError, CorpusLoader, IndexTarget, resume_or_create
 from retriever.manifest import IndexManifest, VectorsOrigin
-from retriever.options import IndexOptions, IndexOptionsError
+from retriever.options import IndexOptions
 from retriever.settings import RetrieverSettings
 from retriever.vectors import VectorsError, VectorSource, fingerprint, open_vectors
-from services.contracts import ContractError
-from services.telemetry import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +55,11 @@ def count_passages(corpus: Path) -> int:
 def import_vectors(
     corpus: str | Path,
     vectors: str | Path | VectorSource,
-    index_dir: str | Path,
+    target: IndexTarget | str | Path,
     *,
     model: str,
     dim: int | None = None,
     options: IndexOptions | None = None,
-    qdrant_url: str | None = None,
-    qdrant_api_key: str | None = None,
-    collection: str = "passages",
     bm25: Bm25Params | None = None,
     batch_size: int = 1024,
     checkpoint_every: int = 65_536,
@@ -71,13 +67,14 @@ def import_vectors(
     progress: bool = True,
     index: IndexBackend | None = None,
 ) -> ImportReport:
-    """Load `corpus` with the vectors at `vectors` (row i = passage i) into the index; resumable, see the module.
+    """Load `corpus` with the vectors at `vectors` (row i = passage i) into `target` (an IndexTarget, or the folder
+    of an embedded index); resumable, see the module.
 
     `model` is the encoder that made the vectors (the server encodes queries with it); `dim` is needed only for a
     raw memmap. `index` lets a caller pass an open index (tests, a Qdrant server client).
     """
     started = time.perf_counter()
-    corpus, index_dir = Path(corpus), Path(index_dir)
+    corpus, target = Path(corpus), IndexTarget.of(target)
     if not corpus.is_file():
         raise BuildError(f"corpus file {corpus} does not exist")
     source = vectors if not isinstance(vectors, str | Path) else open_vectors(vectors, dim)
@@ -88,7 +85,7 @@ def import_vectors(
             "must be the corpus's i-th passage, so they must come from the same corpus file (nothing was imported)"
         )
     owned = index is None
-    index = index or open_index(index_dir, qdrant_url, qdrant_api_key, collection)
+    index = index or target.open()
     try:
         sparse = Bm25Encoder(bm25)
         manifest = IndexManifest(
@@ -102,28 +99,30 @@ def import_vectors(
                 kind=source.kind, path=str(source.path), fingerprint=fingerprint(source), count=source.count
             ),
         )
-        previous = None if force else previous_manifest(index)
-        if previous is not None:
-            mismatch = previous.mismatch(manifest)
-            if mismatch:
-                raise BuildError(f"{mismatch}; pass force=True (--force) to import from scratch")
-            if previous.state == "complete":
-                log.info("index in %s is already complete (%d passages)", index_dir, previous.passages)
-                return ImportReport(previous.passages, already_complete=True, seconds=time.perf_counter() - started)
-            manifest = previous
+        manifest = resume_or_create(index, manifest, force=force, action="import")
+        if manifest.state == "complete":
+            log.info("index in %s is already complete (%d passages)", target.folder, manifest.passages)
+            return ImportReport(manifest.passages, already_complete=True, seconds=time.perf_counter() - started)
+        if manifest.committed_rows:
             log.info(
                 "resuming the import at vector row %d (corpus line %d)",
                 manifest.committed_rows,
                 manifest.committed_lines,
             )
-        else:
-            index.create(source.dim, manifest.model_dump(mode="json"), manifest.options)
         report = ImportReport(0, resumed_from_row=manifest.committed_rows)
         bar = tqdm(
             total=passages, initial=manifest.committed_rows, unit="passages", desc="importing", disable=not progress
         )
+
+        def upsert(batch: Sequence[CorpusRecord], row: int) -> None:
+            contents = [record.passage.contents for record in batch]
+            dense = source.read(row, row + len(batch))
+            index.upsert([record.passage for record in batch], dense, sparse.encode_passages(contents))
+            report.imported += len(batch)
+            bar.update(len(batch))
+
         try:
-            _load(corpus, source, index, sparse, manifest, report, bar, batch_size, checkpoint_every)
+            CorpusLoader(index, manifest, batch_size, checkpoint_every).load(corpus, upsert)
         finally:
             bar.close()
         index.optimize()
@@ -143,53 +142,6 @@ def import_vectors(
     return report
 
 
-def _load(
-    corpus: Path,
-    source: VectorSource,
-    index: IndexBackend,
-    sparse: Bm25Encoder,
-    manifest: IndexManifest,
-    report: ImportReport,
-    bar: tqdm,
-    batch_size: int,
-    checkpoint_every: int,
-) -> None:
-    """Upsert chunks; every `checkpoint_every` passages (and on a bad line or Ctrl-C) record durable progress."""
-    done_line, row, since_checkpoint = manifest.committed_lines, manifest.committed_rows, 0
-
-    def commit() -> None:
-        index.flush()
-        manifest.committed_lines, manifest.committed_rows, manifest.passages = done_line, row, index.count()
-        index.write_manifest(manifest.model_dump(mode="json"))
-
-    def upsert(batch: Sequence[CorpusRecord]) -> None:
-        nonlocal done_line, row, since_checkpoint
-        passages = [record.passage for record in batch]
-        dense = source.read(row, row + len(batch))
-        index.upsert(passages, dense, sparse.encode_passages([p.contents for p in passages]))
-        done_line, row = batch[-1].line, row + len(batch)
-        report.imported += len(batch)
-        since_checkpoint += len(batch)
-        bar.update(len(batch))
-        if since_checkpoint >= checkpoint_every:
-            commit()
-            since_checkpoint = 0
-
-    batch: list[CorpusRecord] = []
-    try:
-        for record in read_corpus(corpus, skip_lines=manifest.committed_lines):
-            batch.append(record)
-            if len(batch) == batch_size:
-                upsert(batch)
-                batch = []
-        if batch:
-            upsert(batch)
-    except (CorpusError, KeyboardInterrupt):
-        commit()
-        raise
-    commit()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m retriever.importer", description=__doc__.split("\n")[0])
     parser.add_argument("--corpus", required=True, type=Path, help="the corpus JSONL the vectors were made from")
@@ -198,48 +150,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--model", required=True, help="the encoder that made the vectors (e.g. intfloat/e5-base-v2)")
     parser.add_argument("--dim", type=int, help="vector dimension of a raw .memmap (e5-base-v2: 768)")
-    parser.add_argument("--index", type=Path, help="index folder (default: SEARCHR1_INDEX_DIR)")
-    parser.add_argument("--qdrant-url", help="import into a Qdrant server instead of the embedded engine")
-    parser.add_argument("--collection", help="Qdrant collection (default: SEARCHR1_COLLECTION or passages)")
     parser.add_argument("--batch-size", type=int, default=1024, help="passages per upsert")
     parser.add_argument("--checkpoint-every", type=int, default=65_536, help="passages between durable checkpoints")
-    parser.add_argument("--force", action="store_true", help="discard an existing index and start over")
-    parser.add_argument("--no-progress", action="store_true")
-    add_options_arguments(parser)
+    add_common_arguments(parser, "import")
     args = parser.parse_args(argv)
-    try:
-        settings = RetrieverSettings.load()
-        options = options_from_arguments(args, settings)
-    except (ContractError, IndexOptionsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(settings.log_level, settings.log_format)
-    api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
-    try:
+
+    def run(settings: RetrieverSettings, options: IndexOptions) -> str:
         report = import_vectors(
             args.corpus,
             args.vectors,
-            args.index or settings.index_dir,
+            IndexTarget.from_arguments(args, settings),
             model=args.model,
             dim=args.dim,
             options=options,
-            qdrant_url=args.qdrant_url or settings.qdrant_url,
-            qdrant_api_key=api_key,
-            collection=args.collection or settings.collection,
             batch_size=args.batch_size,
             checkpoint_every=args.checkpoint_every,
             force=args.force,
             progress=not args.no_progress,
         )
-    except (BuildError, CorpusError, VectorsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume", file=sys.stderr)
-        return 130
-    state = "already complete" if report.already_complete else f"imported in {report.seconds:.1f} s"
-    print(f"index: {report.passages} passages, {state}; {report.imported} upserted, none re-embedded")
-    return 0
+        state = "already complete" if report.already_complete else f"imported in {report.seconds:.1f} s"
+        return f"index: {report.passages} passages, {state}; {report.imported} upserted, none re-embedded"
+
+    return run_command(args, run, (BuildError, CorpusError, VectorsError))
 
 
 if __name__ == "__main__":

@@ -189,6 +189,7 @@ FAULTS: dict[str, Fault] = {
     "reward-worker": Fault(kill_tier("reward"), tier_restarts("reward")),
     "retriever": Fault(kill_tier("retriever"), tier_restarts("retriever")),
     "retriever-link": Fault(degrade_link, retrieval_retries),
+    "api-server": Fault(kill_tier("api"), tier_restarts("api")),
     "rollout-replica": Fault(kill_rollout_replica, rollout_retries),
     "learner": Fault(kill_learner, learner_relaunches),
     "redis-restart": Fault(restart_redis, redis_retries),
@@ -273,10 +274,10 @@ def pending_entries(url: str, prefix: str) -> dict[str, int]:
 
 
 def _get(client: JobsClient, job_id: str) -> dict[str, Any]:
-    """The job, waiting out the seconds the API answers 5xx (it cannot reach Redis in one fault)."""
+    """The job, waiting out the seconds the API is away (it restarts in one fault, cannot reach Redis in another)."""
     for _ in range(30):
         try:
             return client.get(job_id)
-        except Exception:  # the API answers 5xx while Redis is down
+        except Exception:  # refused while the API restarts, 5xx while Redis is down
             time.sleep(1)
     return client.get(job_id)

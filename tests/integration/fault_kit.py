@@ -233,8 +233,13 @@ class Outcome:
         )
 
 
+class TooLate(RuntimeError):
+    """The job trained its last step before the fault's moment came: nothing was injected."""
+
+
 def run_job(platform: FaultPlatform, fault: Fault, delay_s: float = 0.0) -> Outcome:
-    """Submit the job, inject `fault` `delay_s` after its first step, and wait for its end."""
+    """Submit the job, inject `fault` `delay_s` after its first step (while a step is left to train: else TooLate),
+    and wait for its end."""
     submitted = platform.cli("jobs", "submit", str(platform.folder / "job.json"), "--api", platform.api_url)
     if submitted.returncode != 0:
         raise RuntimeError(f"submission failed: {submitted.stderr}")
@@ -242,6 +247,8 @@ def run_job(platform: FaultPlatform, fault: Fault, delay_s: float = 0.0) -> Outc
     client = JobsClient(platform.api_url)
     wait_until(lambda: client.get(job_id)["step"] >= 1, JOB_TIMEOUT_S, "the job's first step", interval_s=0.5)
     time.sleep(delay_s)
+    if (late := client.get(job_id))["step"] >= STEPS:
+        raise TooLate(f"job {job_id} had trained its last step ({late['state']}) {delay_s:.1f} s after its first")
     before = fault.evidence(platform, job_id)
     fault.inject(platform, job_id)
     try:

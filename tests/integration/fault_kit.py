@@ -94,6 +94,7 @@ def fault_platform(folder: Path) -> Iterator[FaultPlatform]:
     (folder / "job.json").write_text(json.dumps(spec))
     up = live.cli(
         "up", "--run-dir", str(live.run_dir), "--corpus", str(corpus), "--model", str(model), "--engine", "vllm",
+        "--rollout-dtype", "float32",  # the programmed model's answers are exact in float32
         "--api-port", str(api_port), *(arg for name, port in ports.items() for arg in ("--port", f"{name}={port}")),
         "--retriever-link", f"http://127.0.0.1:{proxy.port}", timeout_s=900,
     )  # fmt: skip

@@ -169,6 +169,7 @@ def live(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
     platform = LivePlatform(run_dir, env, f"http://127.0.0.1:{api_port}", "", time.time())
     up = platform.cli(
         "up", "--run-dir", str(run_dir), "--corpus", str(corpus), "--model", str(model), "--engine", "vllm",
+        "--rollout-dtype", "float32",  # the programmed model's answers are exact in float32
         "--api-port", str(api_port), *(arg for port in ports for arg in ("--port", port)), timeout_s=900,
     )  # fmt: skip
     prometheus = None

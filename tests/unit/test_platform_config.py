@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from searchr1.cli import _platform_config, build_parser, main
-from searchr1.embedded import PlatformConfig, platform_specs, write_prometheus_config
+from searchr1.embedded import PlatformConfig, cpu_rollout_dtype, platform_specs, write_prometheus_config
 
 
 def test_ports_move_with_port_options(tmp_path: Path) -> None:
@@ -51,3 +51,17 @@ def test_prometheus_config_scrapes_every_tier_keeping_the_job_label(tmp_path: Pa
     assert all(c["honor_labels"] and c["metrics_path"] == "/metrics/" for c in jobs.values())
     assert jobs["searchr1-api"]["static_configs"][0]["targets"] == ["127.0.0.1:18080"]
     assert jobs["searchr1-reward"]["static_configs"][0]["targets"] == ["127.0.0.1:19102"]
+
+
+def test_rollout_dtype_auto_is_bfloat16_only_where_the_cpu_computes_it(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor : 0\nflags : fpu sse2 avx2 avx512f avx512_bf16\n")
+    assert cpu_rollout_dtype(cpuinfo) == "bfloat16"
+    cpuinfo.write_text("processor : 0\nflags : fpu sse2 avx2 avx512f\n")
+    assert cpu_rollout_dtype(cpuinfo) == "float32"
+    assert cpu_rollout_dtype(tmp_path / "no-such-file") == "float32"
+    args = build_parser().parse_args(["up", "--run-dir", str(tmp_path), "--rollout-dtype", "float32"])
+    specs = {spec.name: spec for spec in platform_specs(_platform_config(args), "redis://127.0.0.1:6379/0")}
+    assert specs["rollout"].env["SEARCHR1_DTYPE"] == "float32"
+    auto = _platform_config(build_parser().parse_args(["up", "--run-dir", str(tmp_path)]))
+    assert auto.rollout_dtype == cpu_rollout_dtype()

@@ -73,7 +73,8 @@ def test_shared_prompts_give_the_full_forward_logits_and_gradients(model: Qwen2F
     torch.testing.assert_close(shared[real], expected[real].detach(), rtol=1e-9, atol=1e-9)
     response_loss(shared, batch).backward()
     # Measured in float64: the logits agree bitwise, the gradients to ~1e-7 of their largest entry (~1e-8 of
-    # each tensor's norm); full precision would give ~1e-15; the bound still catches a shared cache cut off from the graph.
+    # each tensor's norm); full precision would give ~1e-15; the bound still catches a shared cache cut off from
+    # the graph.
     for got, want in zip(gradients(model), expected_grads, strict=True):
         assert float((got - want).norm() / want.norm().clamp(min=1e-12)) < 1e-6
 

@@ -239,17 +239,26 @@ def test_index_job_then_retriever_answers(
     assert len(hits) == 2 and hits[0]["id"] == "paris", hits
 
 
+def start_deployment(
+    image: str, manifests: list[dict[str, Any]], host_dirs: dict[str, Path], started: list[Container], name: str,
+    overrides: dict[str, str],
+) -> Container:  # fmt: skip
+    """The chart's Deployment `name` as a container of `image`: its command, mounts and security settings, its env
+    with `overrides`."""
+    pod, spec = workload(manifests, "Deployment", name)
+    container = Container(image, run_options(pod, spec, host_dirs) + env_options(spec, overrides), spec["command"])
+    started.append(container)
+    return container
+
+
 def test_api_ready_against_redis(
     image: str, manifests: list[dict[str, Any]], host_dirs: dict[str, Path], redis: PrivateRedis,
     started: list[Container],
 ) -> None:  # fmt: skip
-    pod, api = workload(manifests, "Deployment", "api")
     port = free_port()
     overrides = {"SEARCHR1_REDIS_URL": redis.url, "SEARCHR1_HOST": "127.0.0.1", "SEARCHR1_PORT": str(port),
                  "SEARCHR1_API_TOKEN": TOKEN}  # the chart's comes from a Secret  # fmt: skip
-    env = env_options(api, overrides)
-    container = Container(image, run_options(pod, api, host_dirs) + env, api["command"])
-    started.append(container)
+    container = start_deployment(image, manifests, host_dirs, started, "api", overrides)
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: answers(f"{url}/readyz", container), START_TIMEOUT_S, "the API's /readyz", 0.5)
     assert httpx.get(f"{url}/v1/jobs", timeout=10).status_code == 401, "a request without the token"
@@ -261,13 +270,10 @@ def test_reward_worker_healthy_against_redis(
     image: str, manifests: list[dict[str, Any]], host_dirs: dict[str, Path], redis: PrivateRedis,
     started: list[Container],
 ) -> None:  # fmt: skip
-    pod, reward = workload(manifests, "Deployment", "reward")
     port = free_port()
     overrides = {"SEARCHR1_REDIS_URL": redis.url, "SEARCHR1_METRICS_HOST": "127.0.0.1",
                  "SEARCHR1_METRICS_PORT": str(port)}  # fmt: skip
-    container = Container(image, run_options(pod, reward, host_dirs) + env_options(reward, overrides),
-                          reward["command"])  # fmt: skip
-    started.append(container)
+    container = start_deployment(image, manifests, host_dirs, started, "reward", overrides)
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: answers(f"{url}/readyz", container), START_TIMEOUT_S, "the reward worker's /readyz", 0.5)
     assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200

@@ -274,12 +274,18 @@ def compute_gae(
     return advantages, returns
 
 
-def varied_groups(scores: Tensor, prompt_uids: Sequence[Hashable]) -> Tensor:
-    """Indices (ascending) of the samples whose group (samples of the same prompt uid) holds differing scores."""
+def prompt_groups(prompt_uids: Sequence[Hashable]) -> list[list[int]]:
+    """The indices of each prompt uid's samples, in order of first appearance."""
     groups: dict[Hashable, list[int]] = {}
     for index, uid in enumerate(prompt_uids):
         groups.setdefault(uid, []).append(index)
-    kept = [i for members in groups.values() if scores[members].max() > scores[members].min() for i in members]
+    return list(groups.values())
+
+
+def varied_groups(scores: Tensor, prompt_uids: Sequence[Hashable]) -> Tensor:
+    """Indices (ascending) of the samples whose group (samples of the same prompt uid) holds differing scores."""
+    groups = prompt_groups(prompt_uids)
+    kept = [i for members in groups if scores[members].max() > scores[members].min() for i in members]
     return torch.tensor(sorted(kept), dtype=torch.long)
 
 
@@ -300,11 +306,8 @@ def grpo_advantages(
     if scores.dim() != 1 or scores.shape[0] != len(prompt_uids):
         raise ValueError(f"scores {tuple(scores.shape)} must be 1-D with one entry per uid ({len(prompt_uids)})")
     scores32 = scores.float()
-    groups: dict[Hashable, list[int]] = {}
-    for index, uid in enumerate(prompt_uids):
-        groups.setdefault(uid, []).append(index)
     advantages = torch.zeros_like(scores32)
-    for members in groups.values():
+    for members in prompt_groups(prompt_uids):
         if len(members) < 2:
             continue
         index = torch.tensor(members, device=scores.device)

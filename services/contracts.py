@@ -673,7 +673,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # A job two CPU cores finish in minutes on the embedded platform that `make demo` leaves behind: `searchr1 up`
     # serves the index of the demo's generated task (seed 0), which holds the answers of its train questions
     # (relative paths are read where `searchr1 up` runs). The demo's job is this one on its own data and schedule
-    # (services/demo.py says why each setting): 4 steps (1-2 minutes each on two cores), with the single-hop
+    # (searchr1/demo.py says why each setting): 4 steps (1-2 minutes each on two cores), with the single-hop
     # held-out set evaluated before and after.
     "cpu-small": {
         "name": "cpu-small",

@@ -20,7 +20,7 @@ from retriever.index import EdgeIndex, IndexQuery
 from retriever.options import PROFILES, QuantizedSearch
 from retriever.search import read_manifest
 from retriever.settings import RetrieverSettings
-from services.fictional import generate
+from searchr1.fictional import generate
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from reward.scoring import normalize_answer
+from searchr1.demo import DEMO_MODEL, WorkDone, demo_job, fictional, from_shared_data, planned_units
 from services.contracts import JobEvent, JobSpec, JobState
-from services.demo import DEMO_MODEL, WorkDone, demo_job, fictional, from_shared_data, planned_units
 from services.models import resolve_model, smollm2_gguf
 from services.prompts import build_prompt_ids, build_turn_prefix_ids
 
@@ -22,8 +22,8 @@ def rows(path: Path) -> list[dict]:
 
 @pytest.mark.skipif(not (SHARED / "corpus" / "corpus.jsonl").exists(), reason="../shared/data is not beside the repo")
 def test_shared_slice_keeps_answer_passages_and_is_deterministic(tmp_path: Path) -> None:
-    data = from_shared_data(SHARED, tmp_path / "a", 20, 5, 50, normalize_answer)
-    again = from_shared_data(SHARED, tmp_path / "b", 20, 5, 50, normalize_answer)
+    data = from_shared_data(SHARED, tmp_path / "a", 20, 5, 50)
+    again = from_shared_data(SHARED, tmp_path / "b", 20, 5, 50)
     assert data.train.read_text() == again.train.read_text()
     assert len(rows(data.train)) == 20 and [len(rows(p)) for p in data.eval] == [5, 5]
     corpus_text = " ".join(f" {normalize_answer(p['contents'])} " for p in rows(data.corpus))

@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from services import demo_report
+from searchr1 import demo_report
 
 
 def run_events() -> tuple[list[dict], list[dict]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from reward.scoring import answer_in_text
-from services.fictional import generate
+from searchr1.fictional import generate
 
 
 def entity_of(question: str, names: set[str]) -> str:

@@ -1,7 +1,7 @@
 """`searchr1 demo`: train SmolLM2-135M-Instruct with GRPO on this machine, through the whole platform.
 
 Data (`--data`): `generated` (the default), fictional people and towns whose facts exist only in their own corpus
-(`services.fictional`), so only search can answer and held-out entities test the skill, not memory; or `shared`,
+(`searchr1.fictional`), so only search can answer and held-out entities test the skill, not memory; or `shared`,
 a slice of ../shared/data (a few hundred real train questions, NQ and HotpotQA eval sets, and the corpus passages
 that hold their answers plus distractors, so the index builds in minutes).
 """
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from reward.scoring import normalize_answer
 from services.contracts import PRESETS, JobEvent, JobState, deep_merge
 
 DEMO_MODEL = "smollm2-135m-instruct"
@@ -46,15 +46,14 @@ def from_shared_data(
     n_train: int,
     n_eval: int,
     distractors: int,
-    normalize: Callable[[str], str],
     per_question: int = 3,
     seed: int = 0,
 ) -> DemoData:
-    """A slice of the shared data kit: questions, and the passages that contain their answers
-    (`normalize` is the reward tier's answer normalisation, handed in by the composition root)."""
+    """A slice of the shared data kit: questions, and the passages that contain their answers (matched after the
+    reward tier's answer normalisation)."""
 
     def _normalise(text: str) -> str:
-        return f" {normalize(text)} "
+        return f" {normalize_answer(text)} "
 
     rng = random.Random(seed)
     train = rng.sample(_read_jsonl(shared / "train" / "train.jsonl"), n_train)
@@ -86,10 +85,10 @@ def from_shared_data(
 
 
 def fictional(out: Path, seed: int = 0, single_hop: int = 40, two_hop: int = 20) -> DemoData:
-    """The generated task of `services.fictional` for `seed`: its train questions, and the first `single_hop` and
+    """The generated task of `searchr1.fictional` for `seed`: its train questions, and the first `single_hop` and
     `two_hop` of its held-out questions (the demo's evals run greedily on every one, twice: with and without
     search)."""
-    from services.fictional import generate
+    from searchr1.fictional import generate
 
     task = generate(seed)
     _write_jsonl(out / "train.jsonl", task.train)

@@ -21,7 +21,7 @@ from retriever.cache import EmbeddingCache
 from retriever.corpus import CorpusError, CorpusRecord, fingerprint
 from retriever.encoders import DEFAULT_DENSE_MODEL, Bm25Encoder, Bm25Params, DenseEncoder, resolve_dense_model
 from retriever.index import IndexBackend
-from retriever.loading import BuildError, CorpusLoader, IndexTarget, resume_or_create
+from retriever.loading import BuildError, CorpusLoader, IndexTarget, opened, resume_or_create
 from retriever.manifest import IndexManifest
 from retriever.options import PROFILES, IndexOptions, IndexOptionsError, parse_overrides, resolve_options
 from retriever.settings import RetrieverSettings
@@ -67,9 +67,7 @@ def build_index(
     corpus, target = Path(corpus), IndexTarget.of(target)
     if not corpus.is_file():
         raise BuildError(f"corpus file {corpus} does not exist")
-    owned = index is None
-    index = index or target.open()
-    try:
+    with opened(target, index) as index:
         dense = dense or DenseEncoder(resolve_dense_model(model))
         sparse = Bm25Encoder(bm25)
         manifest = IndexManifest(
@@ -100,18 +98,13 @@ def build_index(
             bar.update(batch[-1].offset - bar.n)
 
         budget = None if limit is None else limit - manifest.passages
+        loader = CorpusLoader(index, manifest, batch_size, checkpoint_every)
         try:
-            CorpusLoader(index, manifest, batch_size, checkpoint_every).load(corpus, upsert, budget)
+            loader.load(corpus, upsert, budget)
         finally:
             bar.close()
             cache.close()
-        index.optimize()
-        manifest.state = "complete"
-        manifest.passages = report.passages = index.count()
-        index.write_manifest(manifest.model_dump(mode="json"))
-    finally:
-        if owned:
-            index.close()
+        report.passages = loader.complete()
     report.seconds = time.perf_counter() - started
     return report
 

@@ -28,7 +28,7 @@ from retriever.corpus import CorpusError, CorpusRecord
 from retriever.corpus import fingerprint as corpus_fingerprint
 from retriever.encoders import Bm25Encoder, Bm25Params
 from retriever.index import IndexBackend
-from retriever.loading import BuildError, CorpusLoader, IndexTarget, resume_or_create
+from retriever.loading import BuildError, CorpusLoader, IndexTarget, opened, resume_or_create
 from retriever.manifest import IndexManifest, VectorsOrigin
 from retriever.options import IndexOptions
 from retriever.settings import RetrieverSettings
@@ -84,9 +84,7 @@ def import_vectors(
             f"{source.path} holds {source.count} vectors but {corpus} has {passages} passages; row i of the vectors "
             "must be the corpus's i-th passage, so they must come from the same corpus file (nothing was imported)"
         )
-    owned = index is None
-    index = index or target.open()
-    try:
+    with opened(target, index) as index:
         sparse = Bm25Encoder(bm25)
         manifest = IndexManifest(
             dense_model=model,
@@ -121,23 +119,18 @@ def import_vectors(
             report.imported += len(batch)
             bar.update(len(batch))
 
+        loader = CorpusLoader(index, manifest, batch_size, checkpoint_every)
         try:
-            CorpusLoader(index, manifest, batch_size, checkpoint_every).load(corpus, upsert)
+            loader.load(corpus, upsert)
         finally:
             bar.close()
-        index.optimize()
-        report.passages = index.count()
-        if report.passages != passages:
+        points = index.count()
+        if points != passages:
             raise BuildError(
-                f"the index holds {report.passages} points for {passages} corpus passages: passage ids repeat in "
+                f"the index holds {points} points for {passages} corpus passages: passage ids repeat in "
                 f"{corpus} (a repeated id overwrites the earlier passage); the index stays unfinished"
             )
-        manifest.state = "complete"
-        manifest.passages = report.passages
-        index.write_manifest(manifest.model_dump(mode="json"))
-    finally:
-        if owned:
-            index.close()
+        report.passages = loader.complete()
     report.seconds = time.perf_counter() - started
     return report
 

@@ -2,13 +2,15 @@
 
 Both read the corpus from the manifest's last checkpoint, hand each batch to their own `upsert` (a build encodes
 the passages, an import reads their rows of precomputed vectors) and every `checkpoint_every` passages flush the
-index and record the corpus line and row reached, so that running the same command again resumes there.
+index and record the corpus line and row reached, so that running the same command again resumes there; at the
+end both optimise the index and mark its manifest complete.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +56,20 @@ class IndexTarget:
 
     def open(self) -> IndexBackend:
         return open_index(self.folder, self.qdrant_url, self.qdrant_api_key, self.collection)
+
+
+@contextlib.contextmanager
+def opened(target: IndexTarget, index: IndexBackend | None) -> Iterator[IndexBackend]:
+    """The index to fill: `index` when the caller passes an open one (theirs to close), else `target`'s, opened
+    here and closed at the end."""
+    if index is not None:
+        yield index
+        return
+    owned = target.open()
+    try:
+        yield owned
+    finally:
+        owned.close()
 
 
 def previous_manifest(index: IndexBackend) -> IndexManifest | None:
@@ -132,3 +148,12 @@ class CorpusLoader:
             raise
         commit()
         return row - first_row
+
+    def complete(self) -> int:
+        """Optimise the filled index and mark its manifest complete (call it once the last passage is durable);
+        returns the points the index holds."""
+        self.index.optimize()
+        self.manifest.state = "complete"
+        self.manifest.passages = self.index.count()
+        self.index.write_manifest(self.manifest.model_dump(mode="json"))
+        return self.manifest.passages

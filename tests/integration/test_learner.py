@@ -1,27 +1,36 @@
-"""The learner end to end on a real Redis: a stand-in rollout tier (tiny model, HF generate, the announced weights),
-the real reward worker, and the real learner (`trainer.train.main`), in process and under Ray Train."""
+"""The learner end to end on a real Redis: the real rollout worker (HF engine, the programmed tiny Qwen2 of
+tests/programmed_model.py, a retriever on loopback), the real reward worker, and the real learner
+(`trainer.train.main`), in process and under Ray Train.
+
+The programmed model searches once, then answers "Paris" whatever it is asked, so a trajectory's EM is known from
+its question's gold answer: half the generated train questions have the gold "Paris", every eval question has.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
 import redis
 import torch
+from programmed_model import program_model
 from safetensors.torch import load_file
-from standin_rollout import Tiers
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from support import fake_retriever
 
+from reward.worker import RewardSettings, build_worker
+from rollout.worker import RolloutSettings, RolloutWorker, build_engine
 from services.config import Settings
 from services.contracts import (
     DataConfig,
@@ -35,26 +44,37 @@ from services.contracts import (
 )
 from services.models import resolve_model
 from services.streams import DATA_FIELD, Streams, connect
+from services.worker import StreamWorker
 from trainer.collector import Collector
 from trainer.data import PromptStream, load_data
 from trainer.train import main
 from trainer.weights import folder_checksum, verify
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
 MODEL = "tiny-random-qwen2"
-EVAL_DATASET = "nq_open"  # the label of ../shared/data/eval/nq_test.jsonl's sources
+ANSWER = "Paris"  # what the programmed model answers
+EVAL_DATASET = "nq_open"  # the label of eval/nq_test.jsonl's sources
+DOCS = [("1", '"Paris"\nParis is the capital of France.')]
 
 
-def _generated_data(root: Path) -> Path:
-    """The two files these jobs read, in the data kit's layout and format, where ../shared/data lacks them: the
-    learner sees questions and gold answers only (the stand-in rollout answers with the gold)."""
+@pytest.fixture(scope="module")
+def programmed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Qwen2 programmed to search, then answer "Paris": the model every job here trains or evaluates."""
+    return program_model(Path(resolve_model(MODEL)), tmp_path_factory.mktemp("programmed"))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The files these jobs read, in the data kit's layout: train questions whose gold alternates between the
+    programmed model's answer and another, eval questions whose gold is its answer."""
     files = {
-        "train/train.jsonl": [(f"train-{i}", f"what is thing {i} called?", f"name {i}", "hotpotqa:train:generated")
-                              for i in range(16)],
-        "eval/nq_test.jsonl": [(f"nq_open_dev_{i}", f"who made item {i}?", f"maker {i}", "nq_open:dev:generated")
+        "train/train.jsonl": [(f"train-{i}", f"what is thing {i} called?", ANSWER if i % 2 else f"name {i}",
+                               "hotpotqa:train:generated") for i in range(16)],
+        "eval/nq_test.jsonl": [(f"nq_open_dev_{i}", f"where is item {i}?", ANSWER, "nq_open:dev:generated")
                                for i in range(4)],
+        "eval/hotpotqa_dev.jsonl": [(f"hotpotqa_dev_{i}", f"where was {i} made?", ANSWER, "hotpotqa:dev:generated")
+                                    for i in range(2)],
     }  # fmt: skip
+    root = tmp_path_factory.mktemp("data")
     for name, rows in files.items():
         path = root / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,21 +83,13 @@ def _generated_data(root: Path) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """../shared/data when it holds the training questions, else a generated folder of the same layout."""
-    if (SHARED_DATA / "train" / "train.jsonl").is_file() and (SHARED_DATA / "eval" / "nq_test.jsonl").is_file():
-        return SHARED_DATA
-    return _generated_data(tmp_path_factory.mktemp("data"))
-
-
-def job_spec(algorithm: str, total_steps: int, eval_questions: int = 0, **algo: Any) -> dict[str, Any]:
+def job_spec(model: Path, algorithm: str, total_steps: int, eval_questions: int = 0, **algo: Any) -> dict[str, Any]:
     data: dict[str, Any] = {"train": [{"path": "train/train.jsonl", "limit": 12}], "shuffle_seed": 7}
     if eval_questions:
         data["eval"] = [{"path": "eval/nq_test.jsonl", "limit": eval_questions}]
     return {
         "name": f"test-{algorithm}",
-        "model": MODEL,
+        "model": str(model),
         "algorithm": {
             "name": algorithm, "prompts_per_step": 2, "group_size": 2, "mini_batch_size": 4, "micro_batch_size": 2,
             "actor_lr": 1e-3, "actor_warmup_ratio": 0.0, **algo,
@@ -101,9 +113,85 @@ def learner_env(settings: Settings, data_dir: Path, monkeypatch: pytest.MonkeyPa
     return settings
 
 
+T = TypeVar("T")
+
+
+class Tiers:
+    """The rollout worker (HF engine on `model`) and the reward worker, on an event loop in a background thread,
+    with a retriever on loopback. A consumer group that reads nothing ("tap") keeps every rollout request and
+    trajectory in their queues, for the test to read."""
+
+    def __init__(self, settings: Settings, model: Path) -> None:
+        # The learner shares this process's cores: do not let a slow episode's pending entry look abandoned.
+        self.settings = settings.model_copy(update={"reclaim_idle_ms": 60_000})
+        self.model = model
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._streams: Streams | None = None
+        self._stop: list[Callable[[], None]] = []
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="tiers", daemon=True)
+        self._retriever = contextlib.ExitStack()
+        self.error: BaseException | None = None
+
+    async def _main(self) -> None:
+        retriever_url = self._retriever.enter_context(fake_retriever(DOCS))["url"]
+        rollout_settings = RolloutSettings(**self.settings.model_dump(), engine="hf", model=str(self.model),
+                                           retriever_url=retriever_url, concurrency=4)  # fmt: skip
+        self._streams = streams = Streams(connect(self.settings), self.settings)
+        try:
+            rollout = RolloutWorker(rollout_settings, await build_engine(rollout_settings))
+            for queue in (streams.rollout, streams.reward):
+                await streams.ensure_group(queue, "tap")
+            reward: StreamWorker[Trajectory] = build_worker(streams, RewardSettings(**self.settings.model_dump()))
+            self._stop = [rollout.stop, reward.request_stop]
+            self._loop = asyncio.get_running_loop()
+            self._ready.set()
+            try:
+                await asyncio.gather(rollout.run(), reward.run())
+            finally:
+                await rollout.close()
+        except BaseException as exc:
+            self.error = exc
+            raise
+        finally:
+            self._ready.set()
+            await streams.aclose()
+
+    def _call(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(30)
+
+    def requests(self, job_id: str) -> list[RolloutRequest]:
+        """Every rollout request of `job_id` so far, in order."""
+        assert self._streams is not None
+        entries = self._call(self._streams.entries(self._streams.rollout, RolloutRequest))
+        return [e.message for e in entries if e.message is not None and e.message.job_id == job_id]
+
+    def trajectories(self, job_id: str) -> list[Trajectory]:
+        """Every trajectory the rollout worker made for `job_id` so far, in order."""
+        assert self._streams is not None
+        entries = self._call(self._streams.entries(self._streams.reward, Trajectory))
+        return [e.message for e in entries if e.message is not None and e.message.job_id == job_id]
+
+    def __enter__(self) -> Tiers:
+        self._thread.start()
+        self._ready.wait(120)
+        if self.error is not None or self._loop is None:
+            raise RuntimeError("the rollout and reward workers did not start") from self.error
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._loop is not None:
+            for stop in self._stop:
+                self._loop.call_soon_threadsafe(stop)
+        self._thread.join(60)
+        self._retriever.close()
+        assert not self._thread.is_alive(), "the rollout and reward workers did not stop"
+
+
 @pytest.fixture
-def tiers(settings: Settings) -> Iterator[Tiers]:
-    with Tiers(settings, resolve_model(MODEL)) as running:
+def tiers(settings: Settings, programmed: Path) -> Iterator[Tiers]:
+    with Tiers(settings, programmed) as running:
         yield running
 
 
@@ -133,28 +221,41 @@ def of_kind(found: list[JobEvent], kind: str) -> list[JobEvent]:
     return [event for event in found if event.event == kind]
 
 
-def assert_step_metrics(metrics: list[JobEvent], steps: list[int], trajectories: int) -> None:
+def assert_step_metrics(
+    tiers: Tiers, job_id: str, metrics: list[JobEvent], steps: list[int], trajectories: int
+) -> None:
     assert [event.step for event in metrics] == steps
+    rewards = step_rewards(tiers, job_id)
     for event in metrics:
         for key in ("reward_mean", "kl", "entropy", "policy_loss", "grad_norm", "rollout_seconds", "update_seconds"):
             assert isinstance(event.data[key], float) and math.isfinite(event.data[key]), (key, event.data)
         assert event.data["trajectories"] == event.data["distinct_trajectories"] == trajectories
         assert event.data["trajectories_seen"] == trajectories and event.data["duplicate_trajectories"] == 0
-        # Half the stand-in's samples answer with the gold: EM through the real reward worker gives 0.5.
-        assert event.data["reward_mean"] == pytest.approx(0.5)
+        assert event.data["reward_mean"] == pytest.approx(rewards[event.step]), "EM by the real reward worker"
         assert event.data["dropped_stale"] == 0 and event.data["staleness"] == 0
         assert abs(event.data["behaviour_kl"]) < 1e-3, "the learner recomputes the behaviour logprobs it was sent"
 
 
+def step_rewards(tiers: Tiers, job_id: str) -> dict[int, float]:
+    """Step -> the EM its trajectories must score: the share of its train samples whose gold is the answer every
+    episode gives (a step's requests carry the version the step before it published)."""
+    scores: dict[int, list[float]] = {}
+    for request in tiers.requests(job_id):
+        if not request.is_eval:
+            right = float(request.golden_answers == [ANSWER])
+            scores.setdefault(request.policy_version + 1, []).extend([right] * request.n_samples)
+    return {step: sum(values) / len(values) for step, values in scores.items()}
+
+
 def train_uids(tiers: Tiers, job_id: str, version: int) -> list[str]:
-    assert tiers.rollout is not None
-    return [r.prompt_uid for r in tiers.rollout.requests if r.job_id == job_id and not r.is_eval
-            and r.policy_version == version]  # fmt: skip
+    return [r.prompt_uid for r in tiers.requests(job_id) if not r.is_eval and r.policy_version == version]
 
 
-def test_grpo_job_trains_evaluates_checkpoints_and_resumes(learner_env: Settings, tiers: Tiers, tmp_path: Path) -> None:
+def test_grpo_job_trains_evaluates_checkpoints_and_resumes(
+    learner_env: Settings, tiers: Tiers, programmed: Path, tmp_path: Path
+) -> None:
     settings, job_id, output = learner_env, "grpo-job", tmp_path / "out"
-    assert run_job(job_spec("grpo", total_steps=2, eval_questions=2), job_id, output) == 0
+    assert run_job(job_spec(programmed, "grpo", total_steps=2, eval_questions=2), job_id, output) == 0
 
     first = events(settings, job_id)
     states = of_kind(first, "state")
@@ -164,9 +265,9 @@ def test_grpo_job_trains_evaluates_checkpoints_and_resumes(learner_env: Settings
     assert [e.step for e in evals] == [0, 2], "eval before training and after the last step"
     for event in evals:
         assert set(event.data) == {f"eval_em/{EVAL_DATASET}", f"eval_valid_action/{EVAL_DATASET}"}
-        assert event.data[f"eval_em/{EVAL_DATASET}"] == 1.0, "greedy eval samples answer with the gold"
+        assert event.data[f"eval_em/{EVAL_DATASET}"] == 1.0, "every eval question's gold is the model's answer"
         assert event.data[f"eval_valid_action/{EVAL_DATASET}"] > 0
-    assert_step_metrics(of_kind(first, "metrics"), [1, 2], trajectories=4)
+    assert_step_metrics(tiers, job_id, of_kind(first, "metrics"), [1, 2], trajectories=4)
     # Each step reports its rollouts' progress before its metrics, from 0 to its 4 trajectories.
     rollout = [
         (e.step, e.data["done"], e.data["total"]) for e in of_kind(first, "progress") if e.data["phase"] == "rollout"
@@ -181,23 +282,22 @@ def test_grpo_job_trains_evaluates_checkpoints_and_resumes(learner_env: Settings
     weights = announced(settings, job_id)
     assert [(w.version, w.step) for w in weights] == [(1, 1), (2, 2)]
     assert len({verify(w) for w in weights}) == 2, "both kept versions verify against their checksums"
-    base = folder_checksum(Path(resolve_model(MODEL)))
-    assert len({base, *(w.checksum for w in weights)}) == 3, "every step changes the policy"
-    assert tiers.rollout is not None
-    served = tiers.rollout.served_versions
-    assert all(served[r.msg_id] == r.policy_version for r in tiers.rollout.requests), "sampled with stale weights"
+    assert len({folder_checksum(programmed), *(w.checksum for w in weights)}) == 3, "every step changes the policy"
+    wanted = {r.msg_id: r.policy_version for r in tiers.requests(job_id)}
+    served = [(t.request_id, t.oldest_version) for t in tiers.trajectories(job_id)]
+    assert len(served) == 2 * 4 + 2 * 2 and all(wanted[r] == v for r, v in served), "sampled with stale weights"
     assert read_stream(settings, job_id, "scored") == [], "settled trajectories are trimmed from Redis"
     step1, step2 = train_uids(tiers, job_id, 0), train_uids(tiers, job_id, 1)
     assert len(step1) == len(step2) == 2 and not set(step1) & set(step2)
 
     # Resume: the same output folder with a longer schedule continues at step 2 and does exactly one more step.
-    assert run_job(job_spec("grpo", total_steps=3, eval_questions=2), job_id, output) == 0
+    assert run_job(job_spec(programmed, "grpo", total_steps=3, eval_questions=2), job_id, output) == 0
     second = events(settings, job_id)[len(first) :]
     states = of_kind(second, "state")
     assert [(e.state, e.message) for e in states] == [
         (JobState.RUNNING, "resumed at step 2"), (JobState.SUCCEEDED, "trained 3 steps"),
     ]  # fmt: skip
-    assert_step_metrics(of_kind(second, "metrics"), [3], trajectories=4)
+    assert_step_metrics(tiers, job_id, of_kind(second, "metrics"), [3], trajectories=4)
     assert [e.step for e in of_kind(second, "eval")] == [3], "no eval before training when resuming"
     assert [e.step for e in of_kind(second, "checkpoint")] == [3]
     weights = announced(settings, job_id)[2:]
@@ -205,7 +305,9 @@ def test_grpo_job_trains_evaluates_checkpoints_and_resumes(learner_env: Settings
     verify(weights[-1])
     # The data position continues: step 3 samples the sampler's third batch, not a fresh run's first.
     step3 = train_uids(tiers, job_id, 2)
-    data = load_data(DataConfig(**job_spec("grpo", 3)["data"]), base_dir=Path(os.environ["SEARCHR1_DATA_DIR"]))
+    data = load_data(
+        DataConfig(**job_spec(programmed, "grpo", 3)["data"]), base_dir=Path(os.environ["SEARCHR1_DATA_DIR"])
+    )
     expected = PromptStream(data.train, seed=7)
     batches = [[e.uid for e in expected.next_batch(2)] for _ in range(3)]
     assert [step1, step2, step3] == batches
@@ -213,9 +315,9 @@ def test_grpo_job_trains_evaluates_checkpoints_and_resumes(learner_env: Settings
 
 
 def test_a_time_limit_ends_training_early_with_the_final_eval_and_checkpoint(
-    learner_env: Settings, tiers: Tiers, tmp_path: Path
+    learner_env: Settings, tiers: Tiers, programmed: Path, tmp_path: Path
 ) -> None:
-    spec = job_spec("grpo", total_steps=5, eval_questions=2)
+    spec = job_spec(programmed, "grpo", total_steps=5, eval_questions=2)
     # Any step ends past a one-millisecond budget, so the first is the last, whatever the machine's speed.
     spec["schedule"].update(save_interval=100, eval_interval=100, time_limit_s=0.001)
     assert run_job(spec, "timed-job", tmp_path / "out") == 0
@@ -223,7 +325,7 @@ def test_a_time_limit_ends_training_early_with_the_final_eval_and_checkpoint(
     assert [(e.state, e.message) for e in of_kind(found, "state")] == [
         (JobState.RUNNING, ""), (JobState.SUCCEEDED, "trained 1 of 5 steps: time limit of 0.001 s reached"),
     ]  # fmt: skip
-    assert_step_metrics(of_kind(found, "metrics"), [1], trajectories=4)
+    assert_step_metrics(tiers, "timed-job", of_kind(found, "metrics"), [1], trajectories=4)
     assert [e.step for e in of_kind(found, "eval")] == [0, 1], "the last step done is evaluated as the final one"
     [checkpoint] = of_kind(found, "checkpoint")
     assert (
@@ -233,36 +335,39 @@ def test_a_time_limit_ends_training_early_with_the_final_eval_and_checkpoint(
     assert [w.version for w in announced(learner_env, "timed-job")] == [1]
 
 
-def test_ppo_job_trains_with_a_critic(learner_env: Settings, tiers: Tiers, tmp_path: Path) -> None:
-    spec = job_spec("ppo", total_steps=1, critic_lr=1e-3, critic_warmup_ratio=0.0, micro_batch_size=1)
+def test_ppo_job_trains_with_a_critic(learner_env: Settings, tiers: Tiers, programmed: Path, tmp_path: Path) -> None:
+    spec = job_spec(programmed, "ppo", total_steps=1, critic_lr=1e-3, critic_warmup_ratio=0.0, micro_batch_size=1)
     assert run_job(spec, "ppo-job", tmp_path / "out") == 0
     found = events(learner_env, "ppo-job")
     assert [e.state for e in of_kind(found, "state")] == [JobState.RUNNING, JobState.SUCCEEDED]
     [metrics] = of_kind(found, "metrics")
-    assert_step_metrics([metrics], [1], trajectories=4)
+    assert_step_metrics(tiers, "ppo-job", [metrics], [1], trajectories=4)
     assert math.isfinite(metrics.data["value_loss"]) and metrics.data["kl"] == metrics.data["kl_in_reward"]
     assert [w.version for w in announced(learner_env, "ppo-job")] == [1]
 
 
 def test_a_reference_compat_job_is_scored_by_the_reference_rules_in_training_and_eval(
-    learner_env: Settings, tiers: Tiers, tmp_path: Path
+    learner_env: Settings, tiers: Tiers, programmed: Path, tmp_path: Path
 ) -> None:
     """`reward.compat: reference` reaches the rollout tier for training and eval requests, whose trajectories
     carry the prompt's text; the reward tier scores prompt + response (our prompt holds two answer blocks, so
-    the response's answer is the last: EM as ours, 0.5 in training and 1.0 in greedy eval)."""
-    spec = {**job_spec("grpo", total_steps=1, eval_questions=2), "reward": {"kind": "em", "compat": "reference"}}
+    the response's answer is the last: EM as ours, in training and in greedy eval)."""
+    spec = job_spec(programmed, "grpo", total_steps=1, eval_questions=2)
+    spec["reward"] = {"kind": "em", "compat": "reference"}
     assert run_job(spec, "compat-job", tmp_path / "out") == 0
     found = events(learner_env, "compat-job")
     assert [e.state for e in of_kind(found, "state")] == [JobState.RUNNING, JobState.SUCCEEDED]
-    assert_step_metrics(of_kind(found, "metrics"), [1], trajectories=4)
+    assert_step_metrics(tiers, "compat-job", of_kind(found, "metrics"), [1], trajectories=4)
     assert all(e.data[f"eval_em/{EVAL_DATASET}"] == 1.0 for e in of_kind(found, "eval"))
-    assert tiers.rollout is not None
-    requests = [r for r in tiers.rollout.requests if r.job_id == "compat-job"]
+    requests = tiers.requests("compat-job")
     assert {(r.is_eval, r.reward.compat) for r in requests} == {(False, "reference"), (True, "reference")}
+    assert all(t.prompt_text for t in tiers.trajectories("compat-job")), "the reference scores prompt + response"
 
 
-def test_missing_trajectories_fail_the_job_with_a_clear_timeout(learner_env: Settings, tmp_path: Path) -> None:
-    spec = job_spec("grpo", total_steps=1)
+def test_missing_trajectories_fail_the_job_with_a_clear_timeout(
+    learner_env: Settings, programmed: Path, tmp_path: Path
+) -> None:
+    spec = job_spec(programmed, "grpo", total_steps=1)
     spec["rollout"]["request_timeout_s"] = 0.3  # no rollout tier runs: give up after 0.9 s
     started = time.monotonic()
     assert run_job(spec, "lonely-job", tmp_path / "out") == 1
@@ -274,23 +379,20 @@ def test_missing_trajectories_fail_the_job_with_a_clear_timeout(learner_env: Set
 
 
 def test_an_evaluation_job_serves_its_model_to_the_rollout_tier_and_reports_em(
-    learner_env: Settings, tiers: Tiers, tmp_path: Path
+    learner_env: Settings, programmed: Path, tmp_path: Path
 ) -> None:
-    # The evaluated model is not the rollout tier's base model: the tiny model with every weight moved.
-    evaluated = tmp_path / "evaluated"
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(MODEL), dtype=torch.float32)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.01)
-    model.save_pretrained(evaluated)
-    AutoTokenizer.from_pretrained(resolve_model(MODEL)).save_pretrained(evaluated)
+    """The rollout tier's base model is the random tiny model, which never answers "Paris": EM 1.0 comes only
+    from the evaluated (programmed) model the job serves it."""
+    evaluated = programmed
     spec = {
         "name": "eval-job", "kind": "eval", "model": str(evaluated), "algorithm": {"name": "grpo"},
         "data": {"eval": [{"path": "eval/nq_test.jsonl", "limit": 3, "label": "nq"},
                           {"path": "eval/hotpotqa_dev.jsonl", "limit": 2, "label": "hotpotqa"}]},
-        "rollout": job_spec("grpo", 1)["rollout"],
+        "rollout": job_spec(evaluated, "grpo", 1)["rollout"],
     }  # fmt: skip
-    assert run_job(spec, "eval-job", tmp_path / "out") == 0
+    with Tiers(learner_env, Path(resolve_model(MODEL))) as tiers:
+        assert run_job(spec, "eval-job", tmp_path / "out") == 0
+        requests, trajectories = tiers.requests("eval-job"), tiers.trajectories("eval-job")
 
     found = events(learner_env, "eval-job")
     [running, succeeded] = of_kind(found, "state")
@@ -298,7 +400,7 @@ def test_an_evaluation_job_serves_its_model_to_the_rollout_tier_and_reports_em(
     assert succeeded.message == "EM hotpotqa 1.000, nq 1.000"
     [result] = of_kind(found, "eval")
     em = {key: value for key, value in result.data.items() if key.startswith("eval_em/")}
-    assert em == {"eval_em/nq": 1.0, "eval_em/hotpotqa": 1.0}, "greedy samples answer with the gold"
+    assert em == {"eval_em/nq": 1.0, "eval_em/hotpotqa": 1.0}, "the evaluated model answered, not the base"
     progress = [(e.data["done"], e.data["total"]) for e in of_kind(found, "progress")]
     assert progress[0] == (0, 5) and progress[-1] == (5, 5)
     assert [done for done, _ in progress] == sorted(done for done, _ in progress)
@@ -308,10 +410,8 @@ def test_an_evaluation_job_serves_its_model_to_the_rollout_tier_and_reports_em(
     assert published.version == 1, "version 0 is the engines' own base model; the evaluated one comes after it"
     served, wanted = load_file(verify(published) / "model.safetensors"), load_file(evaluated / "model.safetensors")
     assert served.keys() == wanted.keys() and all(torch.equal(served[k], wanted[k]) for k in wanted)
-    assert tiers.rollout is not None
-    requests = [r for r in tiers.rollout.requests if r.job_id == "eval-job"]
     assert len(requests) == 5 and all(r.is_eval and r.episode.temperature == 0 for r in requests)
-    assert {tiers.rollout.served_versions[r.msg_id] for r in requests} == {1}, "the engines ran the evaluated model"
+    assert {t.oldest_version for t in trajectories} == {1}, "the engines ran the evaluated model"
 
 
 def scored(request: RolloutRequest, version: int, request_id: str | None = None) -> ScoredTrajectory:
@@ -367,10 +467,10 @@ def test_a_too_stale_trajectory_is_dropped_and_its_sample_requested_again(settin
 
 @pytest.mark.slow
 def test_the_entrypoint_trains_two_fsdp_ranks_under_ray_train(
-    worker_env: dict[str, str], settings: Settings, data_dir: Path, tiers: Tiers, tmp_path: Path
+    worker_env: dict[str, str], settings: Settings, data_dir: Path, tiers: Tiers, programmed: Path, tmp_path: Path
 ) -> None:
     job_file = tmp_path / "job.json"
-    spec = job_spec("grpo", total_steps=1)
+    spec = job_spec(programmed, "grpo", total_steps=1)
     spec["resources"] = {"learner_workers": 2, "learner_cpus_per_worker": 1}
     job_file.write_text(json.dumps(spec))
     env = dict(worker_env, SEARCHR1_DATA_DIR=str(data_dir), SEARCHR1_RAY_NUM_CPUS="2",
@@ -382,11 +482,11 @@ def test_the_entrypoint_trains_two_fsdp_ranks_under_ray_train(
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-5000:]
     found = events(settings, "ray-job")
     assert [e.state for e in of_kind(found, "state")] == [JobState.RUNNING, JobState.SUCCEEDED]
-    assert_step_metrics(of_kind(found, "metrics"), [1], trajectories=4)
+    assert_step_metrics(tiers, "ray-job", of_kind(found, "metrics"), [1], trajectories=4)
     [published] = announced(settings, "ray-job")
     assert published.version == 1
     verify(published)
-    assert folder_checksum(Path(resolve_model(MODEL))) != published.checksum, "the update changed the policy"
+    assert folder_checksum(programmed) != published.checksum, "the update changed the policy"
     [checkpoint] = of_kind(found, "checkpoint")
     saved = Path(str(checkpoint.data["path"]))
     assert (saved / "policy" / "model.safetensors").is_file(), "rank 0 wrote the full (gathered) policy"

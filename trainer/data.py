@@ -395,6 +395,13 @@ def group_by_dataset(examples: Sequence[Example]) -> dict[str, list[Example]]:
     return groups
 
 
+def first_per_dataset(examples: Sequence[Example], limit: int | None) -> list[Example]:
+    """The first `limit` examples of each data set, data set after data set (all of them, in order, when None)."""
+    if limit is None:
+        return list(examples)
+    return [example for group in group_by_dataset(examples).values() for example in group[:limit]]
+
+
 def fingerprint(examples: Sequence[Example]) -> str:
     """A short digest of the examples' prompt ids, in order: a resumed run checks it sees the same data."""
     digest = hashlib.sha256()

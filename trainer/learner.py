@@ -37,7 +37,7 @@ from services.telemetry import gauge
 from trainer.batch import collate
 from trainer.collective import Collective
 from trainer.collector import Collector, Gathered
-from trainer.data import Datasets, Example, PromptStream, prompt_ids_for
+from trainer.data import Datasets, Example, PromptStream, first_per_dataset, prompt_ids_for
 from trainer.ranks import SINGLE, Ranks
 from trainer.update import Models
 from trainer.weights import save_version
@@ -265,7 +265,7 @@ class Learner:
 
     async def eval_pass(self, search_enabled: bool) -> dict[str, float]:
         """One greedy pass over the eval sets: exact match and valid-action share per data set."""
-        examples = self.eval_examples()
+        examples = first_per_dataset(self.ctx.data.eval, self.ctx.eval_limit)
         requests = self.requests_for(examples, 1, is_eval=True, search_enabled=search_enabled)
         report = self.progress_reporter(len(requests), phase="eval" if search_enabled else "eval_no_search")
         await report(0)
@@ -297,16 +297,6 @@ class Learner:
             await self.event("progress", step=self.step, data={"phase": phase, "done": done, "total": total})
 
         return report
-
-    def eval_examples(self) -> list[Example]:
-        if self.ctx.eval_limit is None:
-            return list(self.ctx.data.eval)
-        per_dataset: dict[str, list[Example]] = {}
-        for example in self.ctx.data.eval:
-            bucket = per_dataset.setdefault(example.dataset, [])
-            if len(bucket) < self.ctx.eval_limit:
-                bucket.append(example)
-        return [example for bucket in per_dataset.values() for example in bucket]
 
     # -- checkpoints -------------------------------------------------------------------------------------
     async def checkpoint(self) -> Path:

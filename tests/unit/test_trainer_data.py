@@ -18,6 +18,7 @@ from trainer.data import (
     EpochSampler,
     Example,
     PromptStream,
+    first_per_dataset,
     group_by_dataset,
     load_data,
     load_source,
@@ -74,6 +75,14 @@ def test_load_shared_train_jsonl() -> None:
     assert len({e.uid for e in examples}) == 800
     assert set(group_by_dataset(examples)) == {"hotpotqa", "2wikimultihopqa", "musique"}
     assert len(load_source(DataSource(path=str(TRAIN_JSONL), format="jsonl", limit=10))) == 10
+
+
+def test_first_per_dataset_keeps_the_first_examples_of_each_data_set() -> None:
+    sources = ["nq:a", "hotpotqa:b", "nq:c", "nq:d", "hotpotqa:e", "nq:f"]
+    examples = [Example(f"{s}:{i}", str(i), f"q{i}", ("x",), s) for i, s in enumerate(sources)]
+    assert [e.id for e in first_per_dataset(examples, 2)] == ["0", "2", "1", "4"]
+    assert [e.id for e in first_per_dataset(examples, 1)] == ["0", "1"]
+    assert first_per_dataset(examples, None) == examples, "no limit: every example, in its order"
 
 
 def test_load_our_jsonl_relative_to_base_dir(tmp_path: Path) -> None:

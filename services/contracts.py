@@ -533,7 +533,8 @@ class ResourcesConfig(_Strict):
     rollout_gpus_per_replica: float = Field(0, ge=0, le=16)
     learner_cpu_bf16: bool = Field(
         False, description="a CPU learner runs forward and backward under bf16 autocast (weights and optimiser stay "
-        "fp32): about twice as fast on CPUs with AVX512-BF16 or AMX; GPU learners always compute in bf16",
+        "fp32) where its CPU has AVX512-BF16 or AMX: about twice as fast there; elsewhere it computes in fp32, "
+        "since emulated bf16 is ~200x slower; GPU learners always compute in bf16",
     )  # fmt: skip
 
 

@@ -8,6 +8,7 @@ loading gives every rank the full state dict and each keeps its shard (the same 
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any
 
 import torch
@@ -23,8 +24,11 @@ from torch.distributed.checkpoint.state_dict import (
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from services.contracts import GRPOConfig, JobSpec, PPOConfig
+from services.hardware import cpu_computes_bf16
 from trainer import algos
 from trainer.update import Models
+
+log = logging.getLogger(__name__)
 
 
 class Critic(nn.Module):
@@ -73,6 +77,17 @@ def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+def cpu_autocast_dtype(learner_cpu_bf16: bool, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast for a CPU learner that asks for it, where the CPU computes bf16 natively; elsewhere fp32
+    (emulated bf16 would make the update ~200x slower: services/hardware.py)."""
+    if not learner_cpu_bf16 or device.type != "cpu":
+        return None
+    if not cpu_computes_bf16():
+        log.warning("resources.learner_cpu_bf16: this CPU has neither AVX512-BF16 nor AMX; computing in fp32")
+        return None
+    return torch.bfloat16
+
+
 def build_models(spec: JobSpec, model_path: str, device: torch.device) -> Models:
     """Policy, optimiser and warm-up schedule; a frozen reference when KL is used; a critic for PPO (an evaluation
     job needs neither: it only serves the policy). `algorithm.gradient_checkpointing` applies to policy and critic."""
@@ -97,7 +112,7 @@ def build_models(spec: JobSpec, model_path: str, device: torch.device) -> Models
         optimizer=optimizer,
         scheduler=algos.warmup_constant_scheduler(optimizer, total, config.actor_warmup_ratio),
         reference=shard(reference) if reference is not None else None,
-        autocast_dtype=torch.bfloat16 if spec.resources.learner_cpu_bf16 and device.type == "cpu" else None,
+        autocast_dtype=cpu_autocast_dtype(spec.resources.learner_cpu_bf16, device),
     )
     if critic is not None and isinstance(config, PPOConfig):
         models.critic = shard(critic)

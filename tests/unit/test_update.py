@@ -10,7 +10,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from services.contracts import JobSpec, ScoredTrajectory, Trajectory, VersionSpan
-from trainer import algos
+from trainer import algos, policy
 from trainer.batch import collate
 from trainer.policy import build_models
 from trainer.update import logprobs_in_chunks, train_step
@@ -171,10 +171,17 @@ def test_one_update_on_the_whole_batch_takes_old_logprobs_from_its_own_forward(m
     assert "behaviour_kl" in stats
 
 
-def test_bf16_autocast_runs_the_update_in_bf16_and_keeps_fp32_weights(model_dir: Path) -> None:
-    spec = spec_for("grpo").model_copy(update={"resources": JobSpec.parse(
+def bf16_spec() -> JobSpec:
+    return spec_for("grpo").model_copy(update={"resources": JobSpec.parse(
         {"model": "m", "algorithm": {"name": "grpo"}, "data": {"train": [{"path": "x"}]},
          "resources": {"learner_cpu_bf16": True}}).resources})  # fmt: skip
+
+
+def test_bf16_autocast_runs_the_update_in_bf16_and_keeps_fp32_weights(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(policy, "cpu_computes_bf16", lambda: True)  # the tiny model's update is quick even emulated
+    spec = bf16_spec()
     models = build_models(spec, str(model_dir), torch.device("cpu"))
     assert models.autocast_dtype is torch.bfloat16
     batch = grpo_batch()
@@ -190,6 +197,16 @@ def test_bf16_autocast_runs_the_update_in_bf16_and_keeps_fp32_weights(model_dir:
     assert all(p.dtype is torch.float32 for p in models.policy.parameters())
     assert after[0] > before[0] and after[1] < before[1], "the rewarded response became likelier in bf16 too"
     assert np.isfinite(list(stats.values())).all()
+
+
+def test_bf16_is_not_emulated_where_the_cpu_lacks_it(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(policy, "cpu_computes_bf16", lambda: False)
+    with caplog.at_level("WARNING", logger="trainer.policy"):
+        models = build_models(bf16_spec(), str(model_dir), torch.device("cpu"))
+    assert models.autocast_dtype is None
+    assert "neither AVX512-BF16 nor AMX" in caplog.text
 
 
 def uniform_skipping_spec(mini_batch_size: int = 4) -> JobSpec:

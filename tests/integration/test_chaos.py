@@ -13,7 +13,7 @@ from bench.chaos import figures, main, table
 
 
 def outcome(steps: dict[int, dict[str, float]], state: str = "SUCCEEDED", grew: bool = True) -> Outcome:
-    return Outcome({"state": state}, steps, {}, (0.0, 1.0 if grew else 0.0), "")
+    return Outcome({"state": state}, steps, {}, "", evidence=(0.0, 1.0 if grew else 0.0))
 
 
 def clean(duplicates: int = 0) -> dict[str, float]:

@@ -287,12 +287,10 @@ def _demo(args: argparse.Namespace) -> int:
             raise ContractError(f"--data shared: no data kit at {shared} (its corpus/corpus.jsonl is missing)")
         data = from_shared_data(shared, data_dir, args.train_questions, args.eval_questions or 24, args.distractors,
                                 seed=args.seed)  # fmt: skip
-    elif args.eval_questions:
-        data = fictional(
-            data_dir, seed=args.seed, single_hop=args.eval_questions, two_hop=max(1, args.eval_questions // 2)
-        )
     else:
-        data = fictional(data_dir, seed=args.seed)
+        single_hop = args.eval_questions or 40
+        two_hop = max(1, single_hop // 2) if args.two_hop_questions is None else args.two_hop_questions
+        data = fictional(data_dir, seed=args.seed, single_hop=single_hop, two_hop=two_hop)
     if args.index is None:  # one index per data set: a demo on other data must not search the last one's passages
         config = dataclasses.replace(config, index_dir=(config.run_dir / "index" / data_dir.name).resolve())
     print(f"data: {data.origin}")
@@ -366,6 +364,12 @@ def _dead_letters(args: argparse.Namespace) -> int:
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) == 0:
         raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    return int(text)
+
+
+def _non_negative_int(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number, 0 or more, got {text!r}")
     return int(text)
 
 
@@ -489,6 +493,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-questions", type=_positive_int, metavar="N",
         help="held-out questions: N single-hop and N/2 two-hop generated ones (default 40 and 20), or N per shared "
         "eval set (default 24)",
+    )  # fmt: skip
+    demo.add_argument(
+        "--two-hop-questions", type=_non_negative_int, metavar="N",
+        help="generated two-hop held-out questions (default: half the single-hop ones; 0: no two-hop eval set)",
     )  # fmt: skip
     demo.add_argument("--distractors", type=int, default=500)
     demo.add_argument("--keep-running", action="store_true", help="leave the platform up afterwards")

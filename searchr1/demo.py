@@ -87,19 +87,21 @@ def from_shared_data(
 def fictional(out: Path, seed: int = 0, single_hop: int = 40, two_hop: int = 20) -> DemoData:
     """The generated task of `searchr1.fictional` for `seed`: its train questions, and the first `single_hop` and
     `two_hop` of its held-out questions (the demo's evals run greedily on every one, twice: with and without
-    search)."""
+    search; no two-hop set when `two_hop` is 0)."""
     from searchr1.fictional import generate
 
     task = generate(seed)
     _write_jsonl(out / "train.jsonl", task.train)
     _write_jsonl(out / "fictional_single_hop.jsonl", task.eval_single_hop[:single_hop])
-    _write_jsonl(out / "fictional_two_hop.jsonl", task.eval_two_hop[:two_hop])
+    evals = [out / "fictional_single_hop.jsonl"]
+    if two_hop:
+        _write_jsonl(out / "fictional_two_hop.jsonl", task.eval_two_hop[:two_hop])
+        evals.append(out / "fictional_two_hop.jsonl")
     _write_jsonl(out / "corpus.jsonl", task.corpus)
     origin = (f"generated fictional people and towns (seed {seed}): {len(task.train)} train questions, "
               f"{single_hop} single-hop and {two_hop} two-hop held-out questions, "
               f"{len(task.corpus)} passages")  # fmt: skip
-    return DemoData(out / "train.jsonl", [out / "fictional_single_hop.jsonl", out / "fictional_two_hop.jsonl"],
-                    out / "corpus.jsonl", origin)  # fmt: skip
+    return DemoData(out / "train.jsonl", evals, out / "corpus.jsonl", origin)
 
 
 def demo_job(data: DemoData, steps: int, model: str = DEMO_MODEL, time_limit_s: float | None = None) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from reward.scoring import normalize_answer
+from searchr1.cli import build_parser
 from searchr1.demo import DEMO_MODEL, WorkDone, demo_job, fictional, from_shared_data, planned_units
 from services.contracts import JobEvent, JobSpec, JobState
 from services.models import resolve_model, smollm2_gguf
@@ -63,6 +64,22 @@ def test_the_generated_task_is_written_with_a_single_and_a_two_hop_eval_set(tmp_
     questions = rows(data.train) + rows(data.eval[0]) + rows(data.eval[1])
     assert all(q["golden_answers"][0] in corpus for q in questions)
     assert "seed 3" in data.origin and fictional(tmp_path / "again", seed=3).train.read_text() == data.train.read_text()
+
+
+def test_no_two_hop_set_is_written_when_none_is_asked_for(tmp_path: Path) -> None:
+    data = fictional(tmp_path, seed=3, single_hop=5, two_hop=0)
+    assert [p.name for p in data.eval] == ["fictional_single_hop.jsonl"]
+    assert len(rows(data.eval[0])) == 5 and not (tmp_path / "fictional_two_hop.jsonl").exists()
+    assert "0 two-hop" in data.origin
+
+
+def test_the_demo_takes_a_count_of_two_hop_questions_that_may_be_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    assert parser.parse_args(["demo", "--two-hop-questions", "0"]).two_hop_questions == 0
+    assert parser.parse_args(["demo"]).two_hop_questions is None, "the default: half the single-hop questions"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["demo", "--two-hop-questions", "-1"])
+    assert "--two-hop-questions: must be a whole number, 0 or more, got '-1'" in capsys.readouterr().err
 
 
 def test_the_progress_bar_moves_through_evals_and_steps_and_ends_with_the_last_eval(tmp_path: Path) -> None:

@@ -39,6 +39,8 @@ class Gathered:
     duplicates: int = 0  # of them, ones whose trajectory id had been read before (redelivered, scored twice): ignored
     seconds: float = 0.0
     per_request: dict[str, int] = field(default_factory=dict)
+    # trajectory id -> id of the request it counts for (a stale sample's replacement counts for the original)
+    request_of: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -150,6 +152,7 @@ class Collector:
         STALENESS.labels(self.job_id).observe(staleness)
         counts[request_id] += 1
         gathering.result.trajectories.append(scored)
+        gathering.result.request_of[trajectory.msg_id] = request_id
         return True
 
     async def _replace_stale(self, stale: Counter[str], gathering: _Gathering) -> None:

@@ -53,6 +53,16 @@ VALID_SEARCH_RATIO = gauge("searchr1_learner_valid_search_ratio", "Share of turn
 EVAL_EM = gauge("searchr1_learner_eval_em", "Exact match on an eval set (greedy)", ["job", "dataset"])
 
 
+def eval_figures(per_dataset: dict[str, list[ScoredTrajectory]]) -> dict[str, float]:
+    """Exact match (`eval_em/<set>`) and valid-action share of turns (`eval_valid_action/<set>`) per data set."""
+    result: dict[str, float] = {}
+    for name, scored_list in sorted(per_dataset.items()):
+        result[f"eval_em/{name}"] = float(np.mean([s.reward for s in scored_list]))
+        turns = sum(s.trajectory.turns for s in scored_list)
+        result[f"eval_valid_action/{name}"] = sum(s.trajectory.valid_actions for s in scored_list) / max(turns, 1)
+    return result
+
+
 @dataclass
 class LearnerContext:
     spec: JobSpec
@@ -250,10 +260,28 @@ class Learner:
     async def evaluate(self) -> dict[str, float]:
         """Greedy rollouts of the eval sets with the current policy: exact match (`eval_em/<set>`) and the share of
         turns with a valid action (`eval_valid_action/<set>`) per data set; with `data.eval_without_search`, the
-        exact match again with search finding nothing (`eval_em_no_search/<set>`)."""
-        result = await self.eval_pass(search_enabled=True)
-        if self.spec.data.eval_without_search:
-            control = await self.eval_pass(search_enabled=False)
+        exact match again with search finding nothing (`eval_em_no_search/<set>`).
+
+        Both passes go out as one batch, interleaved, so the engine batches the control's (short) episodes beside the
+        searching ones instead of running the two passes one after the other."""
+        examples = first_per_dataset(self.ctx.data.eval, self.ctx.eval_limit)
+        passes = [True, False] if self.spec.data.eval_without_search else [True]
+        per_pass = [self.requests_for(examples, 1, is_eval=True, search_enabled=search) for search in passes]
+        batch = [request for same_example in zip(*per_pass, strict=True) for request in same_example]
+        report = self.progress_reporter(len(batch), phase="eval")
+        await report(0)
+        gathered = await self.rollouts(batch, max_staleness=0, progress=report)
+        request_by_id = {request.msg_id: request for request in batch}
+        dataset_of = {example.uid: example.dataset for example in examples}
+        scored_by_pass: dict[bool, dict[str, list[ScoredTrajectory]]] = {search: {} for search in passes}
+        for scored in gathered.trajectories:
+            trajectory = scored.trajectory
+            request = request_by_id[gathered.request_of[trajectory.msg_id]]
+            per_dataset = scored_by_pass[request.search_enabled]
+            per_dataset.setdefault(dataset_of[trajectory.prompt_uid], []).append(scored)
+        result = eval_figures(scored_by_pass[True])
+        if False in scored_by_pass:
+            control = eval_figures(scored_by_pass[False])
             result.update({key.replace("eval_em/", "eval_em_no_search/"): value for key, value in control.items()
                            if key.startswith("eval_em/")})  # fmt: skip
         for key, value in result.items():
@@ -261,24 +289,6 @@ class Learner:
                 EVAL_EM.labels(self.ctx.job_id, key.split("/", 1)[1]).set(value)
         await self.event("eval", step=self.step, data=result)
         log.info("job %s eval at step %d: %s", self.ctx.job_id, self.step, result)
-        return result
-
-    async def eval_pass(self, search_enabled: bool) -> dict[str, float]:
-        """One greedy pass over the eval sets: exact match and valid-action share per data set."""
-        examples = first_per_dataset(self.ctx.data.eval, self.ctx.eval_limit)
-        requests = self.requests_for(examples, 1, is_eval=True, search_enabled=search_enabled)
-        report = self.progress_reporter(len(requests), phase="eval" if search_enabled else "eval_no_search")
-        await report(0)
-        gathered = await self.rollouts(requests, max_staleness=0, progress=report)
-        dataset_of = {example.uid: example.dataset for example in examples}
-        per_dataset: dict[str, list[ScoredTrajectory]] = {}
-        for scored in gathered.trajectories:
-            per_dataset.setdefault(dataset_of[scored.trajectory.prompt_uid], []).append(scored)
-        result: dict[str, float] = {}
-        for name, scored_list in sorted(per_dataset.items()):
-            result[f"eval_em/{name}"] = float(np.mean([s.reward for s in scored_list]))
-            turns = sum(s.trajectory.turns for s in scored_list)
-            result[f"eval_valid_action/{name}"] = sum(s.trajectory.valid_actions for s in scored_list) / max(turns, 1)
         return result
 
     def progress_reporter(

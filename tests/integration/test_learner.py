@@ -28,6 +28,7 @@ import torch
 from programmed_model import program_model
 from safetensors.torch import load_file
 from support import fake_retriever
+from transformers import AutoTokenizer
 
 from reward.worker import RewardSettings, build_worker
 from rollout.worker import RolloutSettings, RolloutWorker, build_engine
@@ -387,7 +388,8 @@ def test_an_evaluation_job_serves_its_model_to_the_rollout_tier_and_reports_em(
     spec = {
         "name": "eval-job", "kind": "eval", "model": str(evaluated), "algorithm": {"name": "grpo"},
         "data": {"eval": [{"path": "eval/nq_test.jsonl", "limit": 3, "label": "nq"},
-                          {"path": "eval/hotpotqa_dev.jsonl", "limit": 2, "label": "hotpotqa"}]},
+                          {"path": "eval/hotpotqa_dev.jsonl", "limit": 2, "label": "hotpotqa"}],
+                 "eval_without_search": True},
         "rollout": job_spec(evaluated, "grpo", 1)["rollout"],
     }  # fmt: skip
     with Tiers(learner_env, Path(resolve_model(MODEL))) as tiers:
@@ -399,10 +401,15 @@ def test_an_evaluation_job_serves_its_model_to_the_rollout_tier_and_reports_em(
     assert (running.state, succeeded.state) == (JobState.RUNNING, JobState.SUCCEEDED)
     assert succeeded.message == "EM hotpotqa 1.000, nq 1.000"
     [result] = of_kind(found, "eval")
-    em = {key: value for key, value in result.data.items() if key.startswith("eval_em/")}
-    assert em == {"eval_em/nq": 1.0, "eval_em/hotpotqa": 1.0}, "the evaluated model answered, not the base"
+    em = {key: value for key, value in result.data.items() if key.startswith("eval_em")}
+    assert em == {
+        "eval_em/nq": 1.0,
+        "eval_em/hotpotqa": 1.0,
+        "eval_em_no_search/nq": 1.0,
+        "eval_em_no_search/hotpotqa": 1.0,
+    }, "the evaluated model answered (it answers without reading)"
     progress = [(e.data["done"], e.data["total"]) for e in of_kind(found, "progress")]
-    assert progress[0] == (0, 5) and progress[-1] == (5, 5)
+    assert progress[0] == (0, 10) and progress[-1] == (10, 10), "both passes in one batch"
     assert [done for done, _ in progress] == sorted(done for done, _ in progress)
     assert not of_kind(found, "metrics") and not of_kind(found, "checkpoint"), "nothing is trained or saved"
 
@@ -410,8 +417,12 @@ def test_an_evaluation_job_serves_its_model_to_the_rollout_tier_and_reports_em(
     assert published.version == 1, "version 0 is the engines' own base model; the evaluated one comes after it"
     served, wanted = load_file(verify(published) / "model.safetensors"), load_file(evaluated / "model.safetensors")
     assert served.keys() == wanted.keys() and all(torch.equal(served[k], wanted[k]) for k in wanted)
-    assert len(requests) == 5 and all(r.is_eval and r.episode.temperature == 0 for r in requests)
+    assert len(requests) == 10 and all(r.is_eval and r.episode.temperature == 0 for r in requests)
+    assert [r.search_enabled for r in requests] == [True, False] * 5, "the passes interleaved, question by question"
     assert {t.oldest_version for t in trajectories} == {1}, "the engines ran the evaluated model"
+    searching, tokenizer = {r.msg_id: r.search_enabled for r in requests}, AutoTokenizer.from_pretrained(evaluated)
+    read = {(searching[t.request_id], "capital of France" in tokenizer.decode(t.response_ids)) for t in trajectories}
+    assert read == {(True, True), (False, False)}, "only the searching pass's episodes hold the retrieved passage"
 
 
 def scored(request: RolloutRequest, version: int, request_id: str | None = None) -> ScoredTrajectory:
@@ -447,6 +458,9 @@ def test_a_too_stale_trajectory_is_dropped_and_its_sample_requested_again(settin
         await streams.publish(scored_stream, fresh)
         gathered = await asyncio.wait_for(gathering, 10)
         assert [s.msg_id for s in gathered.trajectories] == [fresh.msg_id]
+        assert gathered.request_of == {fresh.trajectory.msg_id: request.msg_id}, (
+            "the replacement counts for the original"
+        )
         assert (gathered.dropped_stale, gathered.resent) == (1, 1)
         assert (gathered.seen, gathered.duplicates) == (3, 1), "the stale one twice (once a duplicate), the fresh one"
         assert await streams.redis.xlen(streams.rollout) == 2

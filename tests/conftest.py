@@ -13,8 +13,6 @@ import redis
 from searchr1.redis_server import DEFAULT_URL, PrivateRedis, answers
 from services.config import Settings
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:

@@ -8,9 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from datakit import data_kit
 from support import ApiServer, wait_until
 
-from services.config import SHARED_DATA_DIR
 from services.models import TINY_QWEN2
 from services.processes import group_alive
 
@@ -182,6 +182,9 @@ def test_invalid_evaluations_answer_422_naming_the_field(api: ApiServer, body: o
 
 
 def test_a_model_is_evaluated_on_data_kit_sets_and_jsonl_files(api: ApiServer, tmp_path: Path) -> None:
+    kit = data_kit(tmp_path / "kit").path / "eval"
+    api.env.update(SEARCHR1_SHARED_DATA_DIR=str(kit.parent))
+    api.restart()
     mine = tmp_path / "my questions.jsonl"
     rows = [{"id": str(i), "question": f"q{i}?", "golden_answers": ["a"], "source": "mine:test"} for i in range(5)]
     mine.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -191,7 +194,6 @@ def test_a_model_is_evaluated_on_data_kit_sets_and_jsonl_files(api: ApiServer, t
     evaluation = created.json()
     assert evaluation["id"].startswith("smoke-") and evaluation["state"] == "QUEUED"
     assert evaluation["model"] == TINY_QWEN2 and evaluation["results"] is None and evaluation["job_id"] is None
-    kit = SHARED_DATA_DIR / "eval"
     assert evaluation["datasets"] == [
         {"name": "nq", "path": str(kit / "nq_test.jsonl"), "limit": 4},
         {"name": "hotpotqa", "path": str(kit / "hotpotqa_dev.jsonl"), "limit": 4},

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import pytest
 from fault_kit import GAUNTLET, TRAJECTORIES, Gauntlet, fault_platform, run_gauntlet
-from retriever_testkit import needs_corpus
 
-pytestmark = [pytest.mark.slow, needs_corpus]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

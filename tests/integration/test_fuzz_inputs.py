@@ -12,7 +12,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from retriever_testkit import build_test_index, encoder, needs_corpus
+from retriever_testkit import build_test_index, encoder
 from support import ApiServer, ThreadServer
 
 from retriever.app import create_app
@@ -138,7 +138,6 @@ REQUESTS = st.fixed_dictionaries(
 )  # fmt: skip
 
 
-@needs_corpus
 def test_retriever_requests_never_get_a_5xx(retriever: ThreadServer) -> None:
     statuses: set[int] = set()
     with httpx.Client(base_url=retriever.url, timeout=60) as http:

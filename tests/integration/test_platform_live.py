@@ -28,8 +28,9 @@ import pytest
 import redis
 import yaml
 from dashboards import DASHBOARDS, dashboard_queries, with_grafana_variables
+from datakit import corpus_in_use
 from programmed_model import program_model
-from retriever_testkit import corpus_lines, needs_corpus, write_corpus
+from retriever_testkit import write_corpus
 from support import wait_until
 
 from searchr1.redis_server import free_port
@@ -37,12 +38,10 @@ from services.api.client import JobsClient
 from services.models import build_tiny_random_qwen2
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED_DATA = ROOT.parent / "shared" / "data"
 JOB_TIMEOUT_S = 600
 
 pytestmark = [
     pytest.mark.slow,
-    needs_corpus,
     pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus (apt: prometheus) is not installed"),
 ]
 
@@ -90,9 +89,9 @@ def alive(pids: set[int]) -> list[str]:
 
 
 def write_data(folder: Path) -> tuple[Path, Path, Path]:
-    """A corpus subset, four train questions (two the programmed model answers right) and four NQ eval questions."""
+    """The test corpus, four train questions (two the programmed model answers right) and its four eval questions."""
     folder.mkdir(parents=True, exist_ok=True)
-    corpus = write_corpus(folder / "corpus.jsonl", corpus_lines())
+    corpus = write_corpus(folder / "corpus.jsonl", corpus_in_use().lines)
     train = [
         {"id": "t1", "question": "What is the capital of France?", "golden_answers": ["Paris"], "source": "live"},
         {"id": "t2", "question": "Which city is home to the Louvre?", "golden_answers": ["Paris"], "source": "live"},
@@ -100,9 +99,7 @@ def write_data(folder: Path) -> tuple[Path, Path, Path]:
         {"id": "t4", "question": "What is the capital of Spain?", "golden_answers": ["Madrid"], "source": "live"},
     ]
     (folder / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in train))
-    with (SHARED_DATA / "eval" / "nq_test.jsonl").open() as handle:
-        evals = [next(handle) for _ in range(4)]
-    (folder / "eval.jsonl").write_text("".join(evals))
+    (folder / "eval.jsonl").write_text("".join(json.dumps(row) + "\n" for row in corpus_in_use().eval_questions))
     return corpus, folder / "train.jsonl", folder / "eval.jsonl"
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from datakit import corpus_in_use
 from prometheus_client import REGISTRY
-from retriever_testkit import build_test_index, cache_path, corpus_lines, encoder, needs_corpus, write_corpus
+from retriever_testkit import build_test_index, cache_path, encoder, write_corpus
 from support import ThreadServer
 
 from retriever.app import create_app
@@ -26,9 +27,10 @@ from retriever.index import EdgeIndex
 from retriever.search import Searcher
 from retriever.settings import RetrieverSettings
 
-pytestmark = [needs_corpus, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
-QUERIES = ["who won the nobel prize in physics twice", "when did the cold war end"]
+CORPUS = corpus_in_use()
+QUERIES = [CORPUS.question, CORPUS.queries[0]]
 
 
 def _free_port() -> int:
@@ -79,7 +81,7 @@ def test_retrieve_with_scores_has_search_r1_shape(http: httpx.Client, searcher: 
             assert item["document"] == {"id": hit.passage.id, "contents": hit.passage.contents}
             assert isinstance(item["score"], float) and item["score"] == pytest.approx(hit.score, abs=1e-6)
             assert item["document"]["contents"].startswith('"') and "\n" in item["document"]["contents"]
-    assert body["result"][0][0]["document"]["contents"].startswith('"List of Nobel laureates in Physics"\n')
+    assert body["result"][0][0]["document"]["contents"].startswith(f'"{CORPUS.top_title}"\n')
 
 
 def test_retrieve_without_scores_gives_bare_documents_and_defaults_to_three_also_for_topk_0(http: httpx.Client) -> None:
@@ -104,8 +106,8 @@ def test_v1_search_returns_ids_titles_text_and_scores(http: httpx.Client, mode: 
         assert len(result["hits"]) == 2
         assert all(set(hit) == {"id", "title", "text", "score"} for hit in result["hits"])
     top = data["results"][0]["hits"][0]
-    assert (top["id"], top["title"]) == ("0", "List of Nobel laureates in Physics")
-    assert top["text"].startswith("The first Nobel Prize in Physics")
+    assert (top["id"], top["title"]) == (CORPUS.top_id, CORPUS.top_title)
+    assert top["text"].startswith(CORPUS.top_text_start)
 
 
 LONG = "x" * 101
@@ -170,7 +172,7 @@ def test_without_an_index_the_server_is_alive_but_not_ready(tmp_path: Path) -> N
 
 def test_the_server_process_serves_a_built_index(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     copy = tmp_path / "index"  # its own folder: the module's searcher holds the other one open
-    corpus = write_corpus(tmp_path / "corpus.jsonl", corpus_lines()[:50])
+    corpus = write_corpus(tmp_path / "corpus.jsonl", CORPUS.lines[:50])
     build_index(corpus, copy, dense=encoder(), cache_path=cache_path(tmp_path_factory), progress=False)
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEARCHR1_")}
@@ -188,9 +190,9 @@ def test_the_server_process_serves_a_built_index(tmp_path: Path, tmp_path_factor
                 pass
             assert time.monotonic() < deadline, "the server did not become ready"
             time.sleep(0.2)
-        response = httpx.post(f"{url}/v1/search", json={"queries": ["nobel prize physics"], "topk": 1}, timeout=30)
+        response = httpx.post(f"{url}/v1/search", json={"queries": [CORPUS.query], "topk": 1}, timeout=30)
         assert response.json()["mode"] == "hybrid"
-        assert response.json()["results"][0]["hits"][0]["id"] == "0"
+        assert response.json()["results"][0]["hits"][0]["id"] == CORPUS.top_id
     finally:
         process.send_signal(signal.SIGTERM)
         # uvicorn shuts down gracefully, then re-raises the signal so the exit status tells how it ended

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from prometheus_client import REGISTRY
-from retriever_testkit import build_test_index, encoder, needs_corpus
+from retriever_testkit import build_test_index, encoder
 from support import ThreadServer
 
 from retriever.app import create_app
@@ -21,7 +21,7 @@ from retriever.index import EdgeIndex
 from retriever.search import Searcher
 from retriever.settings import RetrieverSettings
 
-pytestmark = [needs_corpus, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 LIMITS = {"max_queries": 512, "max_query_chars": 100, "max_topk": 10, "max_total_chars": 4000, "max_results": 600,
           "max_body_bytes": 65_536, "max_batch_queries": 16, "coalesce_wait_ms": 5.0}  # fmt: skip

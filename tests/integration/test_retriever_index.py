@@ -1,4 +1,4 @@
-"""The index on real engines (qdrant-edge, qdrant-client local mode) over a subset of the shared corpus: search
+"""The index on real engines (qdrant-edge, qdrant-client local mode) over the test corpus (datakit): search
 modes, hybrid fusion, backend parity, resumable builds without duplicates, and builds that refuse bad input."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
+from datakit import N_PASSAGES, corpus_in_use
 from qdrant_client import QdrantClient, models
-from retriever_testkit import N_PASSAGES, cache_path, corpus_lines, encoder, needs_corpus, write_corpus
+from retriever_testkit import cache_path, encoder, write_corpus
 
 from retriever.build import BuildError, build_index, main
 from retriever.corpus import CorpusError, Passage, read_corpus
@@ -20,12 +21,13 @@ from retriever.index.base import RRF_K
 from retriever.manifest import IndexNotReadyError
 from retriever.search import Searcher, SearchItem, read_manifest
 
-pytestmark = [needs_corpus, pytest.mark.slow]
+pytestmark = pytest.mark.slow
+CORPUS = corpus_in_use()
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.jsonl", corpus_lines())
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "corpus.jsonl", CORPUS.lines)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,7 @@ def test_a_passage_is_found_by_its_opening_words(
 
 
 def test_both_backends_give_the_same_exact_dense_results(edge: Searcher, local: Searcher) -> None:
-    queries = ["who won the nobel prize in physics", "when did the cold war end", "largest city in australia"]
+    queries = [CORPUS.question, *CORPUS.queries]
     edge.exact = True
     try:
         ours = edge.search(queries, topk=5)
@@ -89,7 +91,7 @@ def test_both_backends_give_the_same_exact_dense_results(edge: Searcher, local: 
 def test_hybrid_is_reciprocal_rank_fusion_of_the_dense_and_bm25_rankings(edge: Searcher) -> None:
     prefetch, k = 20, 5
     edge.hybrid_prefetch = prefetch
-    queries = ["nobel prize physics", "american football super bowl", "the river flows into the sea"]
+    queries = [CORPUS.query, *CORPUS.queries]
     for query in queries:
         dense = edge.search([query], topk=prefetch, mode="dense")[0]
         sparse = edge.search([query], topk=prefetch, mode="sparse")[0]
@@ -108,13 +110,14 @@ def test_hybrid_is_reciprocal_rank_fusion_of_the_dense_and_bm25_rankings(edge: S
 
 def test_one_batch_mixes_modes_and_topk(edge: Searcher) -> None:
     items = [
-        SearchItem("nobel prize", 1, "dense"),
-        SearchItem("united states film", 4, "sparse"),
+        SearchItem(CORPUS.query, 1, "dense"),
+        SearchItem(CORPUS.queries[1], 4, "sparse"),
         SearchItem("x y", 2, "hybrid"),
     ]
     results = edge.search_items(items)
     assert [len(hits) for hits in results] == [1, 4, 2]
-    assert results[0] == edge.search(["nobel prize"], topk=1)[0]
+    (alone,) = edge.search([CORPUS.query], topk=1)[0]  # encoded in a batch of its own: other padding, other rounding
+    assert results[0][0].passage == alone.passage and results[0][0].score == pytest.approx(alone.score, abs=1e-6)
 
 
 def test_stop_word_only_queries_return_nothing_sparse_and_dense_hits_hybrid(edge: Searcher) -> None:
@@ -139,7 +142,7 @@ class CrashingIndex(EdgeIndex):
 
 def test_an_interrupted_build_resumes_without_duplicates_or_re_encoding(corpus: Path, tmp_path: Path) -> None:
     n, batch = 48, 8
-    small = write_corpus(tmp_path / "small.jsonl", corpus_lines()[:n])
+    small = write_corpus(tmp_path / "small.jsonl", CORPUS.lines[:n])
     folder, cache = tmp_path / "index", tmp_path / "cache.sqlite"
     crashing = CrashingIndex(folder, crash_on=4)
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -168,7 +171,7 @@ def test_an_interrupted_build_resumes_without_duplicates_or_re_encoding(corpus: 
 def test_a_malformed_line_stops_the_build_and_leaves_it_unfinished(
     tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    lines = [*corpus_lines()[:40], '{"id": "bad", "contents": 42}', *corpus_lines()[40:50]]
+    lines = [*CORPUS.lines[:40], '{"id": "bad", "contents": 42}', *CORPUS.lines[40:50]]
     bad = write_corpus(tmp_path / "bad.jsonl", lines)
     index = EdgeIndex(tmp_path / "index")
     with pytest.raises(CorpusError, match=r"bad.jsonl:41: 'contents' must be a non-empty string"):
@@ -186,13 +189,13 @@ def test_the_build_command_reports_bad_input_and_refuses_another_model(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr("retriever.build.configure_logging", lambda *args: None)  # keep pytest's log capture
-    bad = write_corpus(tmp_path / "bad.jsonl", [corpus_lines()[0], "not json"])
+    bad = write_corpus(tmp_path / "bad.jsonl", [CORPUS.lines[0], "not json"])
     assert main(["--corpus", str(bad), "--index", str(tmp_path / "i"), "--no-progress"]) == 2
     assert "bad.jsonl:2: not valid JSON" in capsys.readouterr().err
     assert main(["--corpus", str(tmp_path / "missing.jsonl"), "--index", str(tmp_path / "i")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
-    good = write_corpus(tmp_path / "good.jsonl", corpus_lines()[:20])
+    good = write_corpus(tmp_path / "good.jsonl", CORPUS.lines[:20])
     args = ["--corpus", str(good), "--index", str(tmp_path / "g"), "--no-progress"]
     assert main([*args, "--cache", str(cache_path(tmp_path_factory))]) == 0
     assert "index: 20 passages, built in" in capsys.readouterr().out
@@ -211,7 +214,7 @@ def test_a_limited_build_indexes_the_first_passages(
                          cache_path=cache_path(tmp_path_factory), progress=False)  # fmt: skip
     assert report.passages == 25 == index.count()
     assert read_manifest(index).limit == 25
-    hits = index.query([IndexQuery(limit=1, dense=encoder().encode_queries(["nobel prize physics"])[0])])
+    hits = index.query([IndexQuery(limit=1, dense=encoder().encode_queries([CORPUS.query])[0])])
     assert hits[0][0].passage.id in {str(i) for i in range(25)}
     index.close()
 
@@ -220,7 +223,7 @@ def test_a_collection_searchr1_did_not_build_is_only_replaced_when_forced(tmp_pa
     client = QdrantClient(":memory:")
     client.create_collection("theirs", vectors_config=models.VectorParams(size=3, distance=models.Distance.COSINE))
     index = QdrantClientIndex(client, "theirs")
-    corpus = write_corpus(tmp_path / "c.jsonl", corpus_lines()[:5])
+    corpus = write_corpus(tmp_path / "c.jsonl", CORPUS.lines[:5])
     with pytest.raises(BuildError, match="holds data that searchr1 did not build; pass force=True"):
         build_index(corpus, tmp_path, index=index, dense=encoder(), progress=False)
     assert client.count("theirs").count == 0 and client.collection_exists("theirs")

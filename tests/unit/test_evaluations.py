@@ -6,19 +6,18 @@ import time
 from pathlib import Path
 
 import pytest
+from datakit import data_kit
 
 from services.api.evaluations import EVAL_SETS, EvaluationRequest, checkpoint_of, eval_sources, eval_spec, view
 from services.api.store import JobRecord
-from services.config import SHARED_DATA_DIR
 from services.contracts import ContractError, JobEvent, JobState, RolloutConfig
 
 
-def test_every_named_set_is_a_file_of_the_shared_data_kit() -> None:
+def test_every_named_set_is_a_file_of_the_data_kit(tmp_path: Path) -> None:
+    kit = data_kit(tmp_path).path
     request = EvaluationRequest.parse({"model": "m", "datasets": list(EVAL_SETS), "limit": 3})
-    sources = eval_sources(request, SHARED_DATA_DIR, check_files=True)
-    assert [(s.label, Path(s.path).parent, s.limit) for s in sources] == [
-        (name, SHARED_DATA_DIR / "eval", 3) for name in EVAL_SETS
-    ]
+    sources = eval_sources(request, kit, check_files=True)
+    assert [(s.label, Path(s.path).parent, s.limit) for s in sources] == [(name, kit / "eval", 3) for name in EVAL_SETS]
 
 
 def test_without_file_checks_paths_on_storage_the_api_cannot_see_are_taken_as_given() -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from datakit import data_kit
 from support import REFERENCE_INSTRUCTION
 
 from services.contracts import DataConfig, DataSource
@@ -24,9 +25,6 @@ from trainer.data import (
     load_source,
     load_sources,
 )
-
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-TRAIN_JSONL = SHARED_DATA / "train" / "train.jsonl"
 
 
 def write_jsonl(path: Path, rows: list[Any]) -> Path:
@@ -61,20 +59,19 @@ def searchr1_row(index: int, source: str, question: str, answers: list[str], wit
 # Our JSONL
 
 
-@pytest.mark.skipif(not TRAIN_JSONL.is_file(), reason=f"shared data kit not found at {TRAIN_JSONL}")
-def test_load_shared_train_jsonl() -> None:
-    examples = load_source(DataSource(path=str(TRAIN_JSONL)))
-    assert len(examples) == 800
-    first = examples[0]
-    assert first.id == "5a77ec115542992a6e59dff7"
-    assert first.question == "If Gallu is a demon Lilu is what?"
-    assert first.golden_answers == ("a spirit",)
-    assert first.source == "hotpotqa:train:OSU-NLP-Group/HippoRAG(legacy)"
-    assert first.uid == "hotpotqa:train:OSU-NLP-Group/HippoRAG(legacy):5a77ec115542992a6e59dff7"
-    assert first.dataset == "hotpotqa"
-    assert len({e.uid for e in examples}) == 800
-    assert set(group_by_dataset(examples)) == {"hotpotqa", "2wikimultihopqa", "musique"}
-    assert len(load_source(DataSource(path=str(TRAIN_JSONL), format="jsonl", limit=10))) == 10
+def test_load_the_data_kits_train_jsonl(tmp_path: Path) -> None:
+    kit = data_kit(tmp_path)
+    train = kit.path / "train" / "train.jsonl"
+    examples = load_source(DataSource(path=str(train)))
+    assert len(examples) == kit.train_count
+    first, row = examples[0], kit.first_train
+    assert (first.id, first.question, first.source) == (row["id"], row["question"], row["source"])
+    assert first.golden_answers == tuple(row["golden_answers"])
+    assert first.uid == f"{row['source']}:{row['id']}"
+    assert first.dataset == kit.first_dataset
+    assert len({e.uid for e in examples}) == kit.train_count
+    assert set(group_by_dataset(examples)) == kit.train_datasets
+    assert len(load_source(DataSource(path=str(train), format="jsonl", limit=10))) == 10
 
 
 def test_first_per_dataset_keeps_the_first_examples_of_each_data_set() -> None:

@@ -428,7 +428,15 @@ class _AlgorithmBase(_Strict):
         64, ge=1, le=MAX_ITEMS, description="trajectories per forward/backward, summed over the learner's ranks "
         "(each takes micro_batch_size / learner_workers, at least 1), as the reference's ppo_micro_batch_size",
     )  # fmt: skip
-    max_staleness: int = Field(0, ge=0, le=1000, description="0 = synchronous on-policy, as the reference")
+    max_staleness: int = Field(
+        0, ge=0, le=1000, description="policy versions a trajectory may lag the policy it trains: the learner "
+        "keeps rollouts for up to this many future steps in flight while it updates (0 = synchronous on-policy, "
+        "as the reference)",
+    )  # fmt: skip
+    behaviour_weight_cap: float = Field(
+        5.0, gt=1, le=1000, description="decoupled PPO for stale trajectories: their tokens' loss is weighted by "
+        "exp(proximal - behaviour logprob), capped at this",
+    )  # fmt: skip
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in the backward pass (policy and critic): less memory, ~1/3 "
         "more compute; the reference's presets turn it on",

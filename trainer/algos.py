@@ -345,6 +345,23 @@ def policy_ratio(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor) -> Tensor
     return log_ratio.exp()
 
 
+def behaviour_weights(
+    proximal_logprobs: Tensor, behaviour_logprobs: Tensor, staleness: Tensor, loss_mask: Tensor, cap: float
+) -> Tensor | None:
+    """Decoupled PPO's importance weights: `exp(proximal - behaviour)` per token, capped at `cap`, on the rows
+    sampled by an older policy (`staleness` > 0), exactly 1 on the others; None when no row is stale, so an
+    on-policy batch is trained exactly as without them.
+
+    The proximal policy is the learner's own before this step's update: PPO clips the ratio against it, and the
+    weight corrects for the tokens having been sampled by the behaviour policy instead."""
+    stale = staleness > 0
+    if not bool(stale.any()):
+        return None
+    selected = _mask_like(loss_mask, proximal_logprobs) & stale[:, None]
+    log_weight = torch.where(selected, proximal_logprobs - behaviour_logprobs, torch.zeros_like(proximal_logprobs))
+    return log_weight.exp().clamp(max=cap).detach()
+
+
 def ppo_policy_loss(
     logprobs: Tensor,
     old_logprobs: Tensor,
@@ -352,13 +369,14 @@ def ppo_policy_loss(
     loss_mask: Tensor,
     clip_eps: float = 0.2,
     normalizer: float | Tensor | None = None,
+    token_weights: Tensor | None = None,
 ) -> PolicyLossOutput:
     """The PPO clipped surrogate over model-generated tokens.
 
     Per token: `ratio = exp(logprobs - old_logprobs)` and `loss = max(-A * ratio, -A * clip(ratio, 1 - eps,
-    1 + eps))`, where `old_logprobs` are the behaviour logprobs carried in the trajectory (or the learner's
-    recomputed ones). Inserted tokens and padding (`loss_mask` 0) contribute nothing to the loss, its gradient or
-    the statistics.
+    1 + eps))`, where `old_logprobs` are the learner's (proximal) logprobs before the update, times
+    `token_weights` where given (`behaviour_weights`, for stale trajectories). Inserted tokens and padding
+    (`loss_mask` 0) contribute nothing to the loss, its gradient or the statistics.
     """
     if not logprobs.shape == old_logprobs.shape == advantages.shape:
         raise ValueError(
@@ -371,6 +389,8 @@ def ppo_policy_loss(
     unclipped = -adv * ratio
     clipped = -adv * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
     per_token = torch.maximum(unclipped, clipped)
+    if token_weights is not None:
+        per_token = per_token * token_weights.detach()
     loss = aggregate_loss(per_token, selected, normalizer)
     with torch.no_grad():
         log_ratio = torch.where(selected, logprobs - old_logprobs, torch.zeros_like(logprobs))

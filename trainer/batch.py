@@ -25,7 +25,7 @@ class TrainingBatch:
     behaviour_logprobs: Tensor  # (B, R): logprobs of the policy that sampled each token (0 where not sampled)
     scores: Tensor  # (B,): outcome rewards
     prompt_uids: list[str]
-    versions: list[int]  # oldest policy version per row
+    staleness: Tensor  # (B,): policy versions between a row's oldest token and the policy it trains
 
     @property
     def response_len(self) -> int:
@@ -39,7 +39,7 @@ class TrainingBatch:
         return TrainingBatch(
             self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device),
             self.response_mask.to(device), self.loss_mask.to(device), self.behaviour_logprobs.to(device),
-            self.scores.to(device), self.prompt_uids, self.versions,
+            self.scores.to(device), self.prompt_uids, self.staleness.to(device),
         )  # fmt: skip
 
     def lengths(self) -> Tensor:
@@ -56,7 +56,7 @@ class TrainingBatch:
         return TrainingBatch(
             self.input_ids[:, cols], self.attention_mask[:, cols], self.position_ids[:, cols],
             self.response_mask[:, r], self.loss_mask[:, r], self.behaviour_logprobs[:, r], self.scores,
-            self.prompt_uids, self.versions,
+            self.prompt_uids, self.staleness,
         )  # fmt: skip
 
     def select(self, rows: slice | Tensor | list[int]) -> TrainingBatch:
@@ -64,14 +64,14 @@ class TrainingBatch:
         index = rows if isinstance(rows, slice) else torch.as_tensor(rows, dtype=torch.long)
         picked = index if isinstance(index, slice) else index.tolist()
         uids = self.prompt_uids[picked] if isinstance(picked, slice) else [self.prompt_uids[i] for i in picked]
-        versions = self.versions[picked] if isinstance(picked, slice) else [self.versions[i] for i in picked]
         return TrainingBatch(
             self.input_ids[index], self.attention_mask[index], self.position_ids[index], self.response_mask[index],
-            self.loss_mask[index], self.behaviour_logprobs[index], self.scores[index], uids, versions,
+            self.loss_mask[index], self.behaviour_logprobs[index], self.scores[index], uids, self.staleness[index],
         )  # fmt: skip
 
 
-def collate(scored: list[ScoredTrajectory], pad_id: int) -> TrainingBatch:
+def collate(scored: list[ScoredTrajectory], pad_id: int, policy_version: int) -> TrainingBatch:
+    """One padded batch of `scored` to update the policy at `policy_version` with."""
     if not scored:
         raise ValueError("cannot build a training batch from zero trajectories")
     prompt_len = max(s.trajectory.prompt_ids.size for s in scored)
@@ -104,5 +104,5 @@ def collate(scored: list[ScoredTrajectory], pad_id: int) -> TrainingBatch:
         behaviour_logprobs=logprobs,
         scores=torch.tensor([item.reward for item in scored], dtype=torch.float32),
         prompt_uids=[item.trajectory.prompt_uid for item in scored],
-        versions=[item.trajectory.oldest_version for item in scored],
+        staleness=torch.tensor([policy_version - item.trajectory.oldest_version for item in scored]),
     )

@@ -3,7 +3,8 @@
 Trajectories older than `max_staleness` policy versions are dropped (0 = the reference's on-policy behaviour)
 and replaced at once by a new request (a fresh id, the current version) for as many samples; duplicates
 (at-least-once delivery) are ignored by trajectory id and counted; requests still short of samples after `retry_after_s`
-without progress are sent again; after `timeout_s` the step fails with a clear error.
+without progress are sent again; after `timeout_s` the step fails with a clear error. Trajectories of requests sent
+ahead (for a later step, while this one is gathered) are kept for that step's gather.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ class Collector:
         self.consumer = consumer
         self.scored_stream = streams.job(job_id, "scored")
         self._seen: set[str] = set()
+        self._outstanding: set[str] = set()  # ids of requests sent and not yet gathered
+        self._early: list[ScoredTrajectory] = []  # trajectories read for an outstanding request, before its gather
         # At 0 from the start: dashboards show 0 drops, not no data, and the first step's staleness is an
         # increase that rate() sees (a series born with its first observations has no earlier sample).
         for reason in DROP_REASONS:
@@ -81,7 +84,10 @@ class Collector:
         await self.streams.ensure_group(self.scored_stream, GROUP, start="$")
 
     async def send(self, requests: list[RolloutRequest]) -> None:
+        """Publish the requests; their trajectories are kept from then on, even those that arrive while an earlier
+        step's requests are gathered (requests sent ahead, for a later step)."""
         await self.streams.publish_many(self.streams.rollout, requests)
+        self._outstanding.update(request.msg_id for request in requests)
 
     async def gather(
         self,
@@ -98,6 +104,14 @@ class Collector:
         gathering = _Gathering({request.msg_id: request for request in requests}, current_version, max_staleness)
         result = gathering.result
         last_progress = started
+        early, self._early = self._early, []
+        stale: Counter[str] = Counter()
+        for scored in early:
+            self._place(scored, gathering, stale)
+        if progress is not None and result.trajectories:
+            await progress(len(result.trajectories))
+        if stale:
+            await self._replace_stale(stale, gathering)
         while gathering.missing() > 0:
             now = time.monotonic()
             if now - started > timeout_s:
@@ -119,6 +133,7 @@ class Collector:
                 await progress(len(result.trajectories))
             if stale:
                 await self._replace_stale(stale, gathering)
+        self._outstanding.difference_update(gathering.wanted)
         # The learner is the stream's only reader: drop what it has settled, or a long job fills Redis.
         await self.streams.trim_consumed(self.scored_stream)
         result.seconds = time.monotonic() - started
@@ -127,7 +142,6 @@ class Collector:
 
     def _accept(self, scored: ScoredTrajectory | None, gathering: _Gathering, stale: Counter[str]) -> bool:
         """Whether the trajectory counts for its request; a too stale one is counted in `stale` per request."""
-        wanted, counts = gathering.wanted, gathering.counts
         if scored is None:
             DROPPED.labels(self.job_id, "undecodable").inc()
             return False
@@ -139,7 +153,15 @@ class Collector:
             DROPPED.labels(self.job_id, "duplicate").inc()
             return False
         self._seen.add(trajectory.msg_id)
+        return self._place(scored, gathering, stale)
+
+    def _place(self, scored: ScoredTrajectory, gathering: _Gathering, stale: Counter[str]) -> bool:
+        """Count a first-seen trajectory for its request, keep it for a later gather, or drop it."""
+        wanted, counts, trajectory = gathering.wanted, gathering.counts, scored.trajectory
         request_id = gathering.aliases.get(trajectory.request_id, trajectory.request_id)
+        if request_id not in wanted and request_id in self._outstanding:
+            self._early.append(scored)
+            return False
         if request_id not in wanted or counts[request_id] >= wanted[request_id].n_samples:
             DROPPED.labels(self.job_id, "unrequested").inc()
             return False

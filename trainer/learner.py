@@ -15,6 +15,7 @@ import logging
 import math
 import shutil
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,15 @@ def eval_figures(per_dataset: dict[str, list[ScoredTrajectory]]) -> dict[str, fl
     return result
 
 
+@dataclass(frozen=True)
+class StepRequests:
+    """A future step's rollout requests, sent ahead, and where the prompt stream stood before they were drawn
+    (the position a checkpoint records while they are in flight, so a resumed job draws them again)."""
+
+    requests: list[RolloutRequest]
+    prompts_before: dict[str, Any]
+
+
 @dataclass
 class LearnerContext:
     spec: JobSpec
@@ -87,6 +97,8 @@ class Learner:
         self._prompts = PromptStream(ctx.data.train, seed=ctx.spec.data.shuffle_seed) if training else None
         self.version = 0
         self.step = 0
+        self.ahead: deque[StepRequests] = deque()  # requests in flight for the coming steps, oldest first
+        self.sent_through = 0  # the last step whose rollout requests are sent
         self.checkpoint_dir = ctx.output_dir / "checkpoints"
         self.weights_root = ctx.output_dir / "weights"
 
@@ -170,16 +182,36 @@ class Learner:
             for example in examples
         ]
 
+    async def send_ahead(self) -> None:
+        """Keep rollout requests in flight for the coming steps, as far as `max_staleness` allows: step n's
+        requests go out once n - 1 - max_staleness steps are trained, so nothing sampled from the policy of the
+        time they were sent lags the policy that trains on them by more than the bound (AReaL's rule: at most
+        (max_staleness + version + 1) steps' requests sent in all). With 0, one step's requests go out after the
+        update before it, as a synchronous loop does; never beyond the job's last step."""
+        algo, total = self.spec.algorithm, self.spec.schedule.total_steps
+        while True:
+            step = self.sent_through + 1  # the step the next requests would train
+            if step > total or step - 1 - self.step > algo.max_staleness:
+                return
+            before = self.prompts.state_dict()
+            examples = self.prompts.next_batch(min(algo.prompts_per_step, len(self.prompts.examples)))
+            requests = self.requests_for(examples, algo.group_size, is_eval=False)
+            await self.collector.send(requests)
+            self.ahead.append(StepRequests(requests, before))
+            self.sent_through = step
+
     async def train_one_step(self) -> dict[str, float]:
         spec, algo, rollout = self.spec, self.spec.algorithm, self.spec.rollout
         started = time.perf_counter()
-        examples = self.prompts.next_batch(min(algo.prompts_per_step, len(self.prompts.examples)))
-        requests = self.requests_for(examples, algo.group_size, is_eval=False)
+        await self.send_ahead()
+        requests = self.ahead.popleft().requests
         report = self.progress_reporter(len(requests) * algo.group_size, phase="rollout")
         await report(0)
-        gathered = await self.rollouts(requests, algo.max_staleness, progress=report)
+        gathered = await self.gather(requests, algo.max_staleness, progress=report)
         rollout_s = time.perf_counter() - started
-        batch = collate(gathered.trajectories, pad_id=self.pad_id)
+        # While this step updates, the next ones' rollouts run (when the bound allows any).
+        await self.send_ahead()
+        batch = collate(gathered.trajectories, pad_id=self.pad_id, policy_version=self.version)
         update_started = time.perf_counter()
         stats = self.work.train(batch, temperature=rollout.temperature)
         update_s = time.perf_counter() - update_started
@@ -205,10 +237,19 @@ class Learner:
         max_staleness: int,
         progress: Callable[[int], Awaitable[None]] | None = None,
     ) -> Gathered:
-        """Send the requests and gather their scored trajectories: requests that make no progress for
+        """Send the requests and gather their scored trajectories."""
+        await self.collector.send(requests)
+        return await self.gather(requests, max_staleness, progress)
+
+    async def gather(
+        self,
+        requests: list[RolloutRequest],
+        max_staleness: int,
+        progress: Callable[[int], Awaitable[None]] | None = None,
+    ) -> Gathered:
+        """Gather the scored trajectories of requests sent before: requests that make no progress for
         `request_timeout_s` are sent again, and the step fails after three times that."""
         timeout = self.spec.rollout.request_timeout_s
-        await self.collector.send(requests)
         return await self.collector.gather(
             requests, self.version, max_staleness, retry_after_s=timeout, timeout_s=timeout * 3, progress=progress
         )
@@ -316,13 +357,17 @@ class Learner:
         staging.mkdir(parents=True, exist_ok=True)
         self.work.save(staging, self.ctx.tokenizer)
         (staging / "progress.json").write_text(
-            json.dumps({"step": self.step, "version": self.version, "prompts": self.prompts.state_dict()})
+            json.dumps({"step": self.step, "version": self.version, "prompts": self.prompts_position()})
         )
         if folder.exists():
             shutil.rmtree(folder)
         staging.rename(folder)
         await self.event("checkpoint", step=self.step, data={"path": str(folder), "policy": str(folder / "policy")})
         return folder
+
+    def prompts_position(self) -> dict[str, Any]:
+        """Where a resumed job must draw its next step's prompts: before the first step still in flight, if any."""
+        return self.ahead[0].prompts_before if self.ahead else self.prompts.state_dict()
 
     def latest_checkpoint(self) -> Path | None:
         found = [p for p in self.checkpoint_dir.glob("step-*") if p.is_dir() and not p.name.endswith(".partial")]
@@ -335,6 +380,7 @@ class Learner:
         self.work.load(folder)  # every rank: weights, optimisers, schedulers, RNG
         progress = json.loads((folder / "progress.json").read_text())
         self.step, self.version = progress["step"], progress["version"]
+        self.sent_through = self.step
         self.prompts.load_state_dict(progress["prompts"])
         log.info("job %s resumed from %s", self.ctx.job_id, folder)
         return True

@@ -259,9 +259,13 @@ def _update_minibatch(step: UpdateInputs, rows: Tensor, stats: StepStats) -> Non
         logits = forward_logits(policy, part)
         logprobs = algos.response_logprobs(logits, part.input_ids, r, temperature)
         old = logprobs.detach() if old_logprobs is None else old_logprobs[index, :r]
-        out = algos.ppo_policy_loss(
-            logprobs, old, advantages[index, :r], part.loss_mask, config.clip_eps, normalizer=tokens
+        weights = algos.behaviour_weights(
+            old, part.behaviour_logprobs, part.staleness, part.loss_mask, config.behaviour_weight_cap
         )
+        out = algos.ppo_policy_loss(
+            logprobs, old, advantages[index, :r], part.loss_mask, config.clip_eps, normalizer=tokens,
+            token_weights=weights,
+        )  # fmt: skip
         # Without an entropy bonus the entropy is only reported: no graph is kept for its vocabulary-sized tensors.
         with torch.set_grad_enabled(config.entropy_coef > 0):
             entropy = algos.masked_entropy(logits[:, -r - 1 : -1], part.loss_mask, temperature, normalizer=tokens)

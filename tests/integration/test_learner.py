@@ -315,6 +315,42 @@ def test_grpo_job_trains_evaluates_checkpoints_and_resumes(
     assert not set(step3) & set(step1)
 
 
+def test_with_max_staleness_1_the_next_steps_rollouts_are_in_flight_while_a_step_updates(
+    learner_env: Settings, tiers: Tiers, programmed: Path, tmp_path: Path
+) -> None:
+    """Step n's requests go out once n - 2 steps are trained: steps 1 and 2 at version 0, step 3 at version 1
+    (before step 2's update), nothing beyond the last step; no trajectory lags its update by more than one
+    version; a checkpoint taken with step 2 in flight resumes at step 2's prompts."""
+    settings, job_id = learner_env, "async-job"
+    assert run_job(job_spec(programmed, "grpo", total_steps=3, max_staleness=1), job_id, tmp_path / "out") == 0
+    found = events(settings, job_id)
+    assert of_kind(found, "state")[-1].message == "trained 3 steps"
+    by_version = [train_uids(tiers, job_id, version) for version in range(3)]
+    data = load_data(
+        DataConfig(**job_spec(programmed, "grpo", 3)["data"]), base_dir=Path(os.environ["SEARCHR1_DATA_DIR"])
+    )
+    expected = PromptStream(data.train, seed=7)
+    batches = [[e.uid for e in expected.next_batch(2)] for _ in range(3)]
+    assert by_version == [batches[0] + batches[1], batches[2], []], "sent ahead by one step, never beyond the last"
+    metrics = of_kind(found, "metrics")
+    assert [e.step for e in metrics] == [1, 2, 3]
+    for event in metrics:
+        assert event.data["trajectories"] == event.data["distinct_trajectories"] == 4
+        assert event.data["dropped_stale"] == 0 and 0 <= event.data["staleness"] <= 1, event.data
+    assert metrics[0].data["staleness"] == 0, "step 1's requests went out at version 0 and train version 0"
+    # Sent with step 1's, step 2's requests are sampled before step 1's update publishes version 1.
+    assert metrics[1].data["staleness"] > 0, "step 2's rollouts ran while step 1 updated"
+    trained = {t.request_id: t.oldest_version for t in tiers.trajectories(job_id)}
+    sent = {r.msg_id: r.policy_version for r in tiers.requests(job_id)}
+    assert all(trained[rid] >= version for rid, version in sent.items()), "sampled by the policy sent or newer"
+
+    [first, *_] = of_kind(found, "checkpoint")
+    position = json.loads((Path(str(first.data["path"])) / "progress.json").read_text())["prompts"]
+    resumed = PromptStream(data.train, seed=7)
+    resumed.load_state_dict(position)
+    assert [e.uid for e in resumed.next_batch(2)] == batches[1], "step 2 was in flight: a resume draws it again"
+
+
 def test_a_time_limit_ends_training_early_with_the_final_eval_and_checkpoint(
     learner_env: Settings, tiers: Tiers, programmed: Path, tmp_path: Path
 ) -> None:

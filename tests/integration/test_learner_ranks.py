@@ -55,7 +55,7 @@ def batches() -> list[TrainingBatch]:
                 version_spans=[VersionSpan(start=0, end=response.size, version=0)],
             )  # fmt: skip
             items.append(ScoredTrajectory(trajectory=trajectory, reward=float(rng.integers(0, 2))))
-        result.append(collate(items, pad_id=0))
+        result.append(collate(items, pad_id=0, policy_version=0))
     return result
 
 

@@ -11,6 +11,7 @@ import torch
 from trainer.algos import (
     aggregate_loss,
     apply_kl_penalty,
+    behaviour_weights,
     broadcast_to_tokens,
     clipped_value_loss,
     compute_gae,
@@ -257,6 +258,30 @@ def test_ppo_policy_loss_hand_computed() -> None:
     # d/dlogp: clipped token 0 -> 0; token 1 -> -A * ratio / 3 = -0.5 / 3; token 2 -> 1.1 / 3; masked -> 0
     close(logprobs.grad, [[0.0, -0.5 / 3, 1.1 / 3, 0.0]])
     assert not out.clip_fraction.requires_grad
+
+
+def test_behaviour_weights_correct_only_stale_rows_and_are_capped() -> None:
+    proximal = t([[-1.0, -2.0, -0.5], [-1.0, -1.0, -1.0]])
+    behaviour = t([[-1.5, -0.5, -9.0], [-3.0, -3.0, -3.0]])
+    loss_mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    assert behaviour_weights(proximal, behaviour, torch.tensor([0, 0]), loss_mask, cap=5.0) is None, "on-policy"
+    weights = behaviour_weights(proximal, behaviour, torch.tensor([1, 0]), loss_mask, cap=5.0)
+    assert weights is not None
+    # row 0 is stale: exp(proximal - behaviour) on model tokens (exp(0.5), exp(-1.5)), 1 on the inserted one;
+    # row 1 was sampled by the policy it trains: exactly 1, though its logprobs differ (numerics, not policy).
+    close(weights, [[math.exp(0.5), math.exp(-1.5), 1.0], [1.0, 1.0, 1.0]])
+    capped = behaviour_weights(proximal, behaviour, torch.tensor([1, 2]), loss_mask, cap=5.0)
+    assert capped is not None
+    close(capped[1], [5.0, 5.0, 5.0])  # exp(2) = 7.39, capped
+
+
+def test_token_weights_scale_each_tokens_surrogate() -> None:
+    logprobs, old, advantages, loss_mask = _ppo_case()
+    weights = t([[2.0, 0.5, 1.0, 3.0]])
+    out = ppo_policy_loss(logprobs, old, advantages, loss_mask, clip_eps=0.2, token_weights=weights)
+    close(out.loss, (-1.2 * 2.0 - 0.5 * 0.5 + 1.1) / 3)  # the masked token's weight changes nothing
+    out.loss.backward()
+    close(logprobs.grad, [[0.0, -0.5 * 0.5 / 3, 1.1 / 3, 0.0]])
 
 
 def test_policy_ratio_is_one_on_masked_tokens() -> None:

@@ -38,7 +38,7 @@ def grouped_batch() -> TrainingBatch:
         scored(long_prompt, [10, 11, 12], "a"), scored(short_prompt, [13, 14, 15, 16, 17], "b"),
         scored(long_prompt, [18], "a"), scored(short_prompt, [19, 20], "b"), scored(long_prompt, [21, 22], "a"),
     ]  # fmt: skip
-    return collate(items, pad_id=0)
+    return collate(items, pad_id=0, policy_version=0)
 
 
 def full_logits(model: Qwen2ForCausalLM, batch: TrainingBatch) -> torch.Tensor:
@@ -80,7 +80,7 @@ def test_shared_prompts_give_the_full_forward_logits_and_gradients(model: Qwen2F
 
 
 def test_distinct_prompts_or_checkpointing_take_the_plain_path(model: Qwen2ForCausalLM) -> None:
-    distinct = collate([scored([1, 2], [3], "a"), scored([4, 5], [6], "b")], pad_id=0)
+    distinct = collate([scored([1, 2], [3], "a"), scored([4, 5], [6], "b")], pad_id=0, policy_version=0)
     assert shared_prompt_logits(model, distinct) is None
     model.gradient_checkpointing_enable()
     assert shared_prompt_logits(model, grouped_batch()) is None

@@ -42,6 +42,7 @@ REFERENCE: dict[str, tuple[Any, Any, Any, Any]] = {
     "algorithm.weight_decay": (0.01,) * 4,  # AdamW weight_decay default 1e-2 (fsdp_workers.py)
     "algorithm.gradient_checkpointing": (True,) * 4,  # model.enable_gradient_checkpointing=true
     "algorithm.max_staleness": (0,) * 4,  # synchronous: every step generates, then trains
+    "algorithm.behaviour_weight_cap": (5.0,) * 4,  # no effect on-policy (max_staleness 0); the reference has none
     "data.train": (NQ_HOTPOTQA[0], NQ_HOTPOTQA[0], NQ_SEARCH[0], NQ_SEARCH[0]),  # data.train_files
     "data.eval": (NQ_HOTPOTQA[1], NQ_HOTPOTQA[1], NQ_SEARCH[1], NQ_SEARCH[1]),  # data.val_files
     "rollout.max_turns": (4, 4, 2, 2),  # max_turns

@@ -68,7 +68,7 @@ def test_training_moves_probability_towards_the_rewarded_response(model_dir: Pat
         scored(GOOD, GOOD_MASK, 1.0, "src-a:1"), scored(BAD, [1, 1, 1], 0.0, "src-a:1"),
         scored(GOOD, GOOD_MASK, 1.0, "src-b:1"), scored(BAD, [1, 1, 1], 0.0, "src-b:1"),
     ]  # fmt: skip
-    batch = collate(items, pad_id=0)
+    batch = collate(items, pad_id=0, policy_version=0)
     before = model_token_logprob(models, batch)
     reference_before = logprobs_in_chunks(models.reference, batch, 1.0, 8)
     for _ in range(5):
@@ -96,7 +96,7 @@ def test_compacted_length_sorted_micro_batches_give_the_logprobs_of_one_full_wid
             version_spans=[VersionSpan(start=0, end=response.size, version=0)],
         )  # fmt: skip
         items.append(ScoredTrajectory(trajectory=trajectory, reward=0.0))
-    batch = collate(items, pad_id=0)
+    batch = collate(items, pad_id=0, policy_version=0)
     with torch.no_grad():
         logits = models.policy(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
@@ -132,7 +132,7 @@ def test_paper_presets_make_the_reference_count_of_optimizer_steps(model_dir: Pa
             optimizer.register_step_post_hook(lambda *_, name=name: steps.__setitem__(name, steps[name] + 1))
     good, bad = (GOOD, GOOD_MASK, 1.0), (BAD, [1, 1, 1], 0.0)
     items = [scored(*(good if row % 2 else bad), f"q:{row // algo.group_size}") for row in range(trajectories // 64)]
-    train_step(spec.algorithm, collate(items, pad_id=0), models)
+    train_step(spec.algorithm, collate(items, pad_id=0, policy_version=0), models)
     assert steps == {
         "policy": REFERENCE_UPDATES[algorithm],
         "critic": REFERENCE_UPDATES[algorithm] if algorithm == "ppo" else 0,
@@ -144,7 +144,7 @@ def grpo_batch():
         scored(GOOD, GOOD_MASK, 1.0, "src-a:1"), scored(BAD, [1, 1, 1], 0.0, "src-a:1"),
         scored(GOOD, GOOD_MASK, 1.0, "src-b:1"), scored(BAD, [1, 1, 1], 0.0, "src-b:1"),
     ]  # fmt: skip
-    return collate(items, pad_id=0)
+    return collate(items, pad_id=0, policy_version=0)
 
 
 def test_one_update_on_the_whole_batch_takes_old_logprobs_from_its_own_forward(model_dir: Path) -> None:
@@ -225,8 +225,8 @@ def test_skipping_uniform_groups_makes_the_update_of_the_varied_groups_alone(mod
     skipping = build_models(spec, str(model_dir), torch.device("cpu"))
     torch.manual_seed(0)
     alone = build_models(spec, str(model_dir), torch.device("cpu"))
-    stats = train_step(spec.algorithm, collate(uniform + varied, pad_id=0), skipping)
-    train_step(spec.algorithm, collate(varied, pad_id=0), alone)
+    stats = train_step(spec.algorithm, collate(uniform + varied, pad_id=0, policy_version=0), skipping)
+    train_step(spec.algorithm, collate(varied, pad_id=0, policy_version=0), alone)
     assert stats["trained_trajectories"] == 2.0
     for (name, a), (_, b) in zip(skipping.policy.named_parameters(), alone.policy.named_parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-7, msg=name)
@@ -239,12 +239,12 @@ def test_skipping_keeps_the_count_of_optimiser_steps_and_skips_a_step_with_nothi
     models.optimizer.register_step_post_hook(lambda *_: steps.append(1))
     half = [scored(GOOD, GOOD_MASK, 1.0, "src-a:1"), scored(BAD, [1, 1, 1], 0.0, "src-a:1"),
             scored(GOOD, GOOD_MASK, 0.0, "src-b:1"), scored(BAD, [1, 1, 1], 0.0, "src-b:1")]  # fmt: skip
-    assert train_step(spec.algorithm, collate(half, pad_id=0), models)["trained_trajectories"] == 2.0
+    assert train_step(spec.algorithm, collate(half, pad_id=0, policy_version=0), models)["trained_trajectories"] == 2.0
     assert len(steps) == 2, "the two kept rows were split over the step's two optimiser steps"
     before = [p.detach().clone() for p in models.policy.parameters()]
     lr_before = models.optimizer.param_groups[0]["lr"]
     alike = [scored(GOOD, GOOD_MASK, 1.0, "src-c:1"), scored(BAD, [1, 1, 1], 1.0, "src-c:1")]
-    stats = train_step(spec.algorithm, collate(alike, pad_id=0), models)
+    stats = train_step(spec.algorithm, collate(alike, pad_id=0, policy_version=0), models)
     assert stats["trained_trajectories"] == 0.0 and stats["lr"] == lr_before and len(steps) == 2
     assert all(torch.equal(a, b) for a, b in zip(before, models.policy.parameters(), strict=True))
     assert models.scheduler.last_epoch == 2, "the learning-rate schedule still counts the step"

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from searchr1.demo import SINGLE_HOP_QUESTIONS
 from services.api.evaluations import EVAL_SETS
 from services.config import SHARED_DATA_DIR, Settings
 from services.contracts import ContractError, JobState, deep_merge
@@ -288,9 +289,7 @@ def _demo(args: argparse.Namespace) -> int:
         data = from_shared_data(shared, data_dir, args.train_questions, args.eval_questions or 24, args.distractors,
                                 seed=args.seed)  # fmt: skip
     else:
-        single_hop = args.eval_questions or 40
-        two_hop = max(1, single_hop // 2) if args.two_hop_questions is None else args.two_hop_questions
-        data = fictional(data_dir, seed=args.seed, single_hop=single_hop, two_hop=two_hop)
+        data = fictional(data_dir, seed=args.seed, single_hop=args.eval_questions, two_hop=args.two_hop_questions)
     if args.index is None:  # one index per data set: a demo on other data must not search the last one's passages
         config = dataclasses.replace(config, index_dir=(config.run_dir / "index" / data_dir.name).resolve())
     print(f"data: {data.origin}")
@@ -491,8 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--train-questions", type=int, default=200)
     demo.add_argument(
         "--eval-questions", type=_positive_int, metavar="N",
-        help="held-out questions: N single-hop and N/2 two-hop generated ones (default 40 and 20), or N per shared "
-        "eval set (default 24)",
+        help=f"held-out questions: N single-hop and N/2 two-hop generated ones (default {SINGLE_HOP_QUESTIONS} and "
+        f"{SINGLE_HOP_QUESTIONS // 2}), or N per shared eval set (default 24)",
     )  # fmt: skip
     demo.add_argument(
         "--two-hop-questions", type=_non_negative_int, metavar="N",

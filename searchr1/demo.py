@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reward.scoring import normalize_answer
 from services.contracts import PRESETS, JobEvent, JobState, deep_merge
 
 DEMO_MODEL = "smollm2-135m-instruct"
+SINGLE_HOP_QUESTIONS = 40  # the generated task's held-out questions the demo evaluates; two-hop: half as many
 
 
 @dataclass
@@ -51,6 +51,7 @@ def from_shared_data(
 ) -> DemoData:
     """A slice of the shared data kit: questions, and the passages that contain their answers (matched after the
     reward tier's answer normalisation)."""
+    from reward.scoring import normalize_answer  # lazily: `searchr1` reads this module's defaults for its help
 
     def _normalise(text: str) -> str:
         return f" {normalize_answer(text)} "
@@ -84,11 +85,14 @@ def from_shared_data(
     return DemoData(out / "train.jsonl", eval_paths, out / "corpus.jsonl", origin)
 
 
-def fictional(out: Path, seed: int = 0, single_hop: int = 40, two_hop: int = 20) -> DemoData:
-    """The generated task of `searchr1.fictional` for `seed`: its train questions, and the first `single_hop` and
-    `two_hop` of its held-out questions (the demo's evals run greedily on every one, twice: with and without
-    search; no two-hop set when `two_hop` is 0)."""
+def fictional(out: Path, seed: int = 0, single_hop: int | None = None, two_hop: int | None = None) -> DemoData:
+    """The generated task of `searchr1.fictional` for `seed`: its train questions, and the first `single_hop`
+    (default SINGLE_HOP_QUESTIONS) and `two_hop` (default half as many, at least one) of its held-out questions (the
+    demo's evals run greedily on every one, twice: with and without search; no two-hop set when `two_hop` is 0)."""
     from searchr1.fictional import generate
+
+    single_hop = SINGLE_HOP_QUESTIONS if single_hop is None else single_hop
+    two_hop = max(1, single_hop // 2) if two_hop is None else two_hop
 
     task = generate(seed)
     _write_jsonl(out / "train.jsonl", task.train)

@@ -11,7 +11,15 @@ from datakit import data_kit
 
 from reward.scoring import normalize_answer
 from searchr1.cli import build_parser
-from searchr1.demo import DEMO_MODEL, WorkDone, demo_job, fictional, from_shared_data, planned_units
+from searchr1.demo import (
+    DEMO_MODEL,
+    SINGLE_HOP_QUESTIONS,
+    WorkDone,
+    demo_job,
+    fictional,
+    from_shared_data,
+    planned_units,
+)
 from services.contracts import JobEvent, JobSpec, JobState
 from services.models import resolve_model, smollm2_gguf
 from services.prompts import build_prompt_ids, build_turn_prefix_ids
@@ -64,6 +72,13 @@ def test_the_generated_task_is_written_with_a_single_and_a_two_hop_eval_set(tmp_
     questions = rows(data.train) + rows(data.eval[0]) + rows(data.eval[1])
     assert all(q["golden_answers"][0] in corpus for q in questions)
     assert "seed 3" in data.origin and fictional(tmp_path / "again", seed=3).train.read_text() == data.train.read_text()
+
+
+def test_the_demo_evaluates_its_default_count_of_single_hop_questions_and_half_as_many_two_hop(tmp_path: Path) -> None:
+    assert [len(rows(p)) for p in fictional(tmp_path / "a").eval] == [SINGLE_HOP_QUESTIONS, SINGLE_HOP_QUESTIONS // 2]
+    assert [len(rows(p)) for p in fictional(tmp_path / "b", single_hop=9).eval] == [9, 4]
+    assert [len(rows(p)) for p in fictional(tmp_path / "c", single_hop=1).eval] == [1, 1], "one two-hop at least"
+    assert build_parser().parse_args(["demo"]).eval_questions is None, "the CLI leaves the default to the demo"
 
 
 def test_no_two_hop_set_is_written_when_none_is_asked_for(tmp_path: Path) -> None:

@@ -2,13 +2,19 @@
 
 Each replica is a consumer in the `rollout` group: it runs many episodes concurrently, batches the retrieval
 calls of concurrent episodes into one HTTP request, and publishes finished trajectories to the reward queue.
-Before serving a request of policy version v it makes sure its engine holds v, loading the version the job's
-learner announced on its weights stream (the learner announces before it asks, so this never waits long).
+
+Weights are pushed: the replica follows the weights stream of the job whose policy it holds (blocking reads) and
+loads each version as soon as it is announced, so episodes already in flight (requests sent ahead, within the job's
+staleness bound) continue on the newest policy. Before serving a request of policy version v it also makes sure
+its engine holds v or newer (a job's first request, or one that overtook an announcement). Every version is
+verified against its announced checksum before it is loaded; a mismatch is refused, counted and reported on the
+job's events, and the engine keeps what it holds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Literal
@@ -19,9 +25,10 @@ from rollout.agent import Agent, HFTextCodec
 from rollout.engines.base import Engine
 from rollout.retrieval_client import BatchingRetriever, HTTPRetriever
 from services.config import Settings
-from services.contracts import RolloutRequest, Trajectory, WeightsPublished
+from services.contracts import JobEvent, RolloutRequest, Trajectory, WeightsPublished
 from services.streams import Output, Streams, connect
 from services.telemetry import counter, gauge, histogram
+from services.weight_files import WeightsMismatch, verify
 from services.worker import StreamWorker
 
 log = logging.getLogger(__name__)
@@ -31,6 +38,9 @@ TRAJECTORIES = counter("searchr1_rollout_trajectories_total", "Episodes finished
 TURNS = histogram("searchr1_rollout_turns", "Turns per episode", ["job"], buckets=(1, 2, 3, 4, 5, 6, 8, 12))
 ENGINE_VERSION = gauge("searchr1_rollout_engine_version", "Policy version the engine holds", ["job"])
 WEIGHT_LOADS = counter("searchr1_rollout_weight_loads_total", "Weight versions loaded", ["job"])
+WEIGHTS_REFUSED = counter(
+    "searchr1_rollout_weights_refused_total", "Announced weight versions refused: checksum mismatch", ["job"]
+)
 
 
 class RolloutSettings(Settings):
@@ -81,6 +91,7 @@ class RolloutWorker:
         self.job_id: str | None = None  # whose weights the engine holds (None: the base model)
         self._weights_lock = asyncio.Lock()
         self.consumer: StreamWorker[RolloutRequest] | None = None
+        self._stopping = asyncio.Event()
 
     @property
     def base_model_path(self) -> str:
@@ -112,13 +123,25 @@ class RolloutWorker:
                 self.job_id = job_id
                 ENGINE_VERSION.labels(job_id).set(0)
                 return
-            announced = await self.wait_for_weights(job_id, version)
-            started = time.perf_counter()
-            await self.engine.load_weights(announced.version, announced.uri, force=switching)
-            self.job_id = job_id
-            ENGINE_VERSION.labels(job_id).set(announced.version)
-            WEIGHT_LOADS.labels(job_id).inc()
-            log.info("loaded %s weights v%d in %.1fs", job_id, announced.version, time.perf_counter() - started)
+            await self._load(await self.wait_for_weights(job_id, version), switching)
+
+    async def _load(self, announced: WeightsPublished, switching: bool) -> None:
+        """Verify an announced version, then swap it in (under the weights lock)."""
+        job_id, started = announced.job_id, time.perf_counter()
+        try:
+            await asyncio.to_thread(verify, announced)
+        except WeightsMismatch as exc:
+            WEIGHTS_REFUSED.labels(job_id).inc()
+            log.error("job %s: refused weights v%d: %s", job_id, announced.version, exc)
+            message = f"a rollout replica refused weights v{announced.version}: {exc}"
+            await self.streams.publish(self.streams.job(job_id, "events"),
+                                       JobEvent(job_id=job_id, event="log", message=message))  # fmt: skip
+            raise
+        await self.engine.load_weights(announced.version, announced.uri, force=switching)
+        self.job_id = job_id
+        ENGINE_VERSION.labels(job_id).set(announced.version)
+        WEIGHT_LOADS.labels(job_id).inc()
+        log.info("loaded %s weights v%d in %.1fs", job_id, announced.version, time.perf_counter() - started)
 
     async def wait_for_weights(self, job_id: str, version: int) -> WeightsPublished:
         stream = self.streams.job(job_id, "weights")
@@ -131,13 +154,42 @@ class RolloutWorker:
                 raise TimeoutError(f"job {job_id} never announced weights v{version} on {stream}")
             await asyncio.sleep(0.2)
 
+    async def follow_weights(self, block_ms: int = 1000) -> None:
+        """Load each version the held job announces, as soon as it is announced, until `stop()`. A refused version
+        is skipped (the next announcement, or a request that needs it, tries again)."""
+        job_id, cursor = None, "0-0"
+        while not self._stopping.is_set():
+            if self.job_id != job_id:  # a new job's weights: follow its stream from now on
+                job_id = self.job_id
+                cursor = await self.streams.last_entry_id(self.streams.job(job_id, "weights")) if job_id else "0-0"
+            if job_id is None:
+                await asyncio.sleep(block_ms / 1000)
+                continue
+            entries = await self.streams.entries(
+                self.streams.job(job_id, "weights"), WeightsPublished, after=cursor, block_ms=block_ms
+            )
+            for entry in entries:
+                cursor = entry.entry_id
+                announced = entry.message
+                if announced is None or self.job_id != job_id:
+                    continue
+                async with self._weights_lock:
+                    if self.job_id == job_id and announced.version > self.engine.version:
+                        with contextlib.suppress(WeightsMismatch):
+                            await self._load(announced, switching=False)
+
     async def run(self) -> None:
-        """Consume the rollout queue until `stop()` (drains in-flight episodes)."""
+        """Consume the rollout queue until `stop()` (drains in-flight episodes), following weights meanwhile."""
         self.consumer = StreamWorker(
             self.streams, stream=self.streams.rollout, group=self.settings.group, message_type=RolloutRequest,
             handle=self.handle, concurrency=self.settings.concurrency, read_count=self.settings.concurrency,
         )  # fmt: skip
-        await self.consumer.run()
+        follower = asyncio.create_task(self.follow_weights(), name="weights-follower")
+        try:
+            await self.consumer.run()
+        finally:
+            self._stopping.set()
+            await follower
 
     def stop(self) -> None:
         if self.consumer is not None:

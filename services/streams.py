@@ -230,6 +230,11 @@ class Streams:
             raise ContractError(entry.error or f"entry {entry.entry_id} of {stream} cannot be decoded")
         return entry.message
 
+    async def last_entry_id(self, stream: str) -> str:
+        """The id of the newest entry ("0-0" while the stream is empty): a cursor for `entries` that skips the past."""
+        rows = await self.redis.xrevrange(stream, count=1)
+        return rows[0][0].decode() if rows else "0-0"
+
     async def entries(
         self, stream: str, message_type: type[M], after: str = "0-0", block_ms: int | None = None, count: int = 500
     ) -> list[Entry[M]]:

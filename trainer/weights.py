@@ -7,32 +7,18 @@ newest `keep` versions stay on disk.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 from typing import Any
 
-from services.contracts import WeightFormat, WeightsPublished, weights_folder
+from services.contracts import WeightFormat, WeightsPublished
+from services.weight_files import folder_checksum
 
 VERSION_PREFIX = "v"
 
 
 def version_dir(root: Path, job_id: str, version: int) -> Path:
     return root / job_id / f"{VERSION_PREFIX}{version}"
-
-
-def folder_checksum(folder: Path) -> str:
-    """sha256 over the safetensors files of a folder, in name order (what a reader verifies after loading)."""
-    digest = hashlib.sha256()
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no .safetensors files in {folder}")
-    for path in files:
-        digest.update(path.name.encode())
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_version(
@@ -68,11 +54,3 @@ def prune_versions(job_root: Path, keep: int) -> list[Path]:
     for path in removed:
         shutil.rmtree(path, ignore_errors=True)
     return removed
-
-
-def verify(published: WeightsPublished) -> Path:
-    """The folder of a published version, after checking its checksum (raises on a mismatch)."""
-    folder = weights_folder(published.uri)
-    if published.checksum and folder_checksum(folder) != published.checksum:
-        raise ValueError(f"weights v{published.version} at {folder} do not match their checksum")
-    return folder

@@ -45,11 +45,11 @@ from services.contracts import (
 )
 from services.models import resolve_model
 from services.streams import DATA_FIELD, Streams, connect
+from services.weight_files import folder_checksum, verify
 from services.worker import StreamWorker
 from trainer.collector import Collector
 from trainer.data import PromptStream, load_data
 from trainer.train import main
-from trainer.weights import folder_checksum, verify
 
 MODEL = "tiny-random-qwen2"
 ANSWER = "Paris"  # what the programmed model answers

@@ -4,6 +4,8 @@ real Redis: requests in, trajectories out; weights announced by a job are loaded
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +13,10 @@ import pytest
 from support import fake_retriever
 
 from rollout.engines.hf import HFEngine
-from rollout.worker import RolloutSettings, RolloutWorker
+from rollout.worker import WEIGHT_LOADS, RolloutSettings, RolloutWorker
+from rollout.worker import WEIGHTS_REFUSED as REFUSED
 from services.config import Settings
-from services.contracts import EpisodeConfig, RolloutRequest, Trajectory
+from services.contracts import EpisodeConfig, JobEvent, RolloutRequest, Trajectory, weights_folder
 from services.models import resolve_model
 from services.prompts import build_prompt_ids
 from services.streams import Streams, connect
@@ -76,3 +79,54 @@ def test_requests_become_trajectories_and_new_versions_are_loaded_first(
         assert np.isfinite(trajectory.logprobs[model]).all() and (trajectory.logprobs[~model] == 0).all()
         assert trajectory.turns >= 1
         assert trajectory.response_text == engine.tokenizer.decode(trajectory.response_ids.tolist())
+
+
+def test_announced_versions_are_loaded_at_once_and_a_corrupted_one_is_refused_and_reported(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """No request asks for v1 or v2: the replica follows the job's weights stream. v1 is loaded as soon as it is
+    announced; v2's files differ from its checksum, so it is refused, counted and reported, and v1 stays."""
+    engine = HFEngine(resolve_model("tiny-random-qwen2"), max_model_len=512)  # its own: engines bind to one loop
+
+    async def scenario() -> tuple[list[int], list[JobEvent]]:
+        with fake_retriever(DOCS) as retriever:
+            rollout_settings = RolloutSettings(
+                **settings.model_dump(), engine="hf", retriever_url=retriever["url"], concurrency=2
+            )
+            worker = RolloutWorker(rollout_settings, engine)
+            streams = Streams(connect(settings), settings)
+            await streams.ensure_group(streams.reward, "reward")
+            task = asyncio.create_task(worker.run())
+            await streams.publish(streams.rollout, request(engine, "job-p", version=0, n=1))  # the job's first
+            await streams.read(streams.reward, "reward", "test", Trajectory, count=1, block_ms=60_000)
+            versions = [worker.engine.version]
+            weights = streams.job("job-p", "weights")
+            await streams.publish(weights, save_version(engine.model, engine.tokenizer, tmp_path, "job-p", 1, step=1))
+            versions.append(await version_after(worker, lambda v: v == 1))
+            corrupted = save_version(engine.model, engine.tokenizer, tmp_path, "job-p", 2, step=2)
+            with (weights_folder(corrupted.uri) / "model.safetensors").open("r+b") as handle:
+                handle.seek(-8, 2)
+                handle.write(b"\x00" * 8)
+            await streams.publish(weights, corrupted)
+            while REFUSED.labels("job-p")._value.get() < 1:
+                await asyncio.sleep(0.05)
+            versions.append(worker.engine.version)
+            found = [e.message for e in await streams.entries(streams.job("job-p", "events"), JobEvent)]
+            worker.stop()
+            await asyncio.wait_for(task, 60)
+            await worker.close()
+            return versions, [e for e in found if e is not None]
+
+    loads_before = WEIGHT_LOADS.labels("job-p")._value.get()
+    versions, events = asyncio.run(asyncio.wait_for(scenario(), 120))
+    assert versions == [0, 1, 1], "v1 pushed and loaded with no request asking for it; the corrupted v2 not"
+    assert WEIGHT_LOADS.labels("job-p")._value.get() - loads_before == 1
+    [report] = [e for e in events if e.event == "log"]
+    assert "refused weights v2" in report.message and "do not match their checksum" in report.message
+
+
+async def version_after(worker: RolloutWorker, done: Callable[[int], bool], timeout_s: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout_s
+    while not done(worker.engine.version) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return worker.engine.version

@@ -9,7 +9,8 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from services.contracts import WeightsPublished, weights_folder
-from trainer.weights import save_version, verify, version_dir
+from services.weight_files import verify
+from trainer.weights import save_version, version_dir
 
 
 @pytest.fixture(scope="module")

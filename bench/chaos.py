@@ -12,7 +12,7 @@ group distinct trajectories, no entry is left pending in any consumer group, and
 It prints, per fault and in all, faults injected and survived, trajectories lost (a step trained fewer than it
 asked for) and doubled (trained twice in a step, by trajectory id), and the duplicate deliveries the learner
 counted and ignored; with --out, the same figures and every run go to DIR/chaos.json.
-Needs the shared data kit (../shared), as the fault suite does.
+Its data is the fault suite's (tests/datakit.py): the shared corpus where ../shared/data is, else a generated one.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.qa import ROOT, require_shared_data
+from bench.qa import ROOT
 
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "integration")]  # the fault suite's kit and helpers
 
@@ -105,7 +105,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.minutes <= 0:
         parser.error(f"--minutes must be > 0, got {args.minutes:g}")
-    require_shared_data()
     report = soak(args.minutes, args.seed, args.all)
     print(table(report))
     if args.out is not None:

@@ -481,11 +481,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     demo.add_argument("--seed", type=int, default=0, help="the generated task's seed (and the shared slice's)")
     demo.add_argument("--shared-data", default=str(SHARED_DATA_DIR))
-    demo.add_argument("--steps", type=int, default=200, help="at most this many steps (see --minutes)")
+    demo.add_argument("--steps", type=_positive_int, default=200, help="at most this many steps (see --minutes)")
     demo.add_argument(
         "--minutes", type=_positive_float, metavar="M", default=DEMO_TRAIN_MINUTES,
         help="stop training after the first step that ends past M minutes of training, then the final eval and "
-        f"checkpoint (default {DEMO_TRAIN_MINUTES:g}: the demo takes about 15 minutes on two cores)",
+        f"checkpoint (default {DEMO_TRAIN_MINUTES:g}: the demo takes 11 to 20 minutes on two cores)",
     )  # fmt: skip
     demo.add_argument("--train-questions", type=int, default=200)
     demo.add_argument(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import hashlib
 import itertools
 import json
 import mmap
@@ -61,7 +62,7 @@ CANDIDATES: dict[str, IndexOptions] = {
     ),
 }
 LAYOUTS: dict[str, IndexOptions] = {**PROFILES, **CANDIDATES}
-RECOMMENDED = "lean-binary"
+RECOMMENDED = "lean"  # the 21M layout: see bench/results/index-memory/README.md
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -306,9 +307,17 @@ class Measurement:
 
 def measure(layout: str, corpus: Path, vectors: Path, model: str, queries: np.ndarray, limit: int) -> Measurement:
     """Import `vectors` with `corpus` laid out as `layout` (the real importer), then serve the index from cold in
-    a fresh process."""
+    a fresh process. Kept in WORK/measured, so a run that stopped (or one adding layouts) redoes nothing; the key
+    covers the layout's options, the inputs and the queries."""
     from retriever.importer import import_vectors
 
+    key = hashlib.sha256(
+        json.dumps([LAYOUTS[layout].model_dump(), str(corpus), str(vectors), model, limit]).encode()
+        + queries.astype(np.float32).tobytes()
+    ).hexdigest()[:16]
+    kept = WORK / "measured" / f"{layout}-{key}.json"
+    if kept.exists():
+        return Measurement(**json.loads(kept.read_text()))
     with tempfile.TemporaryDirectory(dir=WORK, prefix="index-") as tmp:
         folder, queries_path, out = Path(tmp) / "index", Path(tmp) / "queries.npy", Path(tmp) / "served.json"
         report = import_vectors(corpus, vectors, folder, model=model, options=LAYOUTS[layout], progress=False)
@@ -334,7 +343,7 @@ def measure(layout: str, corpus: Path, vectors: Path, model: str, queries: np.nd
             raise RuntimeError(f"the server exited with {served.returncode}: {served.stderr.decode()[-4000:]}")
         figures = json.loads(out.read_text())
     anon = figures["after"]["RssAnon"] - figures["before"]["RssAnon"]
-    return Measurement(
+    measured = Measurement(
         layout=layout,
         passages=report.passages,
         dim=int(queries.shape[1]),
@@ -347,6 +356,9 @@ def measure(layout: str, corpus: Path, vectors: Path, model: str, queries: np.nd
         qps=figures["qps"],
         found=figures["found"],
     )
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_text(json.dumps(asdict(measured)))
+    return measured
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -451,16 +463,17 @@ def qa_setup(questions_per_set: int | None) -> dict[str, Any]:
 
 
 def recommend(results: Sequence[LayoutResult]) -> LayoutResult:
-    """The smallest projected layout whose answer recall@3 is within a point of exact search (layouts without a
-    recall figure, as in --quick, count as within); when none is, the one whose recall is highest."""
-
-    def within(r: LayoutResult) -> bool:
-        return r.answer_recall3 is None or r.answer_recall3 >= (r.exact_answer_recall3 or 0.0) - 0.01
-
-    candidates = [r for r in results if within(r)]
-    if not candidates:
-        return max(results, key=lambda r: r.answer_recall3 or 0.0)
-    return min(candidates, key=lambda r: r.projected_gb)
+    """The smallest projected layout whose answer recall@3 is within a point of exact search; when none is, the one
+    whose recall is highest. Without answer recall (--quick, --no-answer-recall), RECOMMENDED if it was measured
+    (chosen from a full run's figures, see bench/results/index-memory), else the smallest."""
+    measured = [r for r in results if r.answer_recall3 is not None]
+    if not measured:
+        named = [r for r in results if r.layout == RECOMMENDED]
+        return named[0] if named else min(results, key=lambda r: r.projected_gb)
+    within = [r for r in measured if r.answer_recall3 >= (r.exact_answer_recall3 or 0.0) - 0.01]
+    if not within:
+        return max(measured, key=lambda r: r.answer_recall3 or 0.0)
+    return min(within, key=lambda r: r.projected_gb)
 
 
 def report(results: Sequence[LayoutResult], points: Sequence[Point]) -> None:
@@ -473,7 +486,7 @@ def report(results: Sequence[LayoutResult], points: Sequence[Point]) -> None:
     )
     names = [p.name for p in points]
     print(
-        f"{'layout':15s} "
+        f"{'layout':21s} "
         + " ".join(f"{n + ' B/p':>9s}" for n in names)
         + f" {'fixed MB':>8s} {'slope B':>7s} {'21M GB':>6s} {'vs ref':>7s} {'vs ram':>7s}"
         + f" {'R@3':>5s} {'exact':>5s} {'ov10':>5s}"
@@ -485,7 +498,7 @@ def report(results: Sequence[LayoutResult], points: Sequence[Point]) -> None:
             f"{r.answer_recall3:5.3f} {r.exact_answer_recall3:5.3f}" if r.answer_recall3 is not None else "    -     -"
         )
         print(
-            f"{r.layout:15s} {cells} {r.fixed_bytes / 1e6:8.1f} {r.slope_bytes:7.0f} {r.projected_gb:6.1f} "
+            f"{r.layout:21s} {cells} {r.fixed_bytes / 1e6:8.1f} {r.slope_bytes:7.0f} {r.projected_gb:6.1f} "
             f"{r.projected_gb / baseline_gb:6.3f}x {vs_ram} {recall} {r.top10_overlap_synthetic or 0:5.3f}"
         )
 
@@ -553,6 +566,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--questions-per-set", type=int, default=500, help=f"QA questions per set ({', '.join(QA_SETS)})"
     )
+    parser.add_argument(
+        "--answer-recall",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="answer recall@3 on the real corpus (encodes it with MiniLM once: long on a small CPU)",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--png", type=Path, help="draw the projected GB per layout here")
     parser.add_argument("--from-json", type=Path, help="measure nothing: report (and --png) a run's --json")
@@ -597,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
     qa: dict[str, Any] | None = None
     for layout in layouts:
         results.append(run_layout(layout, points, queries, truth))
-        if not args.quick:
+        if args.answer_recall and not args.quick:
             qa = qa or qa_setup(args.questions_per_set)
             add_answer_recall(results[-1], qa)
         save(args.json, points, results)

@@ -68,4 +68,6 @@ def test_recommend_takes_the_smallest_layout_within_a_point_of_exact() -> None:
     results = [_result("ram", 80.0, 0.50), _result("lean", 9.0, 0.495), _result("tiny", 4.0, 0.48)]
     assert recommend(results).layout == "lean"
     assert recommend([_result("a", 4.0, 0.3), _result("b", 5.0, 0.4)]).layout == "b"  # none within: best recall
-    assert recommend([_result("a", 5.0, None, None), _result("b", 3.0, None, None)]).layout == "b"
+    unmeasured = [_result("lean", 5.0, None, None), _result("b", 3.0, None, None)]
+    assert recommend(unmeasured).layout == index_memory.RECOMMENDED == "lean"
+    assert recommend(unmeasured[1:]).layout == "b"

@@ -3,7 +3,8 @@
 Each replica holds one engine (vLLM; `num_gpus` from settings, 0 on CPU) and consumes the rollout work queue
 (see rollout/worker.py); Serve manages the replicas and routes the HTTP API: `POST /v1/agent` answers one
 question with the current policy and returns the whole trace, `POST /v1/generate` samples one completion,
-plus `/healthz`, `/readyz` and `/metrics`.
+plus `/healthz`, `/readyz` and `/metrics`. With `max_replicas` set, Serve scales the replicas on the queue's
+backlog (rollout/autoscaling.py), which each replica reports.
 """
 
 from __future__ import annotations
@@ -13,18 +14,23 @@ import logging
 import os
 import signal
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
+from rollout.autoscaling import BACKLOG_METRIC, BacklogPolicy
 from rollout.engines.base import SamplingOptions
 from rollout.worker import RolloutSettings, RolloutWorker, build_engine
 from services.contracts import EpisodeConfig, RolloutRequest
 from services.prompts import build_prompt_ids
+from services.streams import Streams
 from services.telemetry import configure_logging, serve_metrics
+
+if TYPE_CHECKING:
+    from ray.serve.config import AutoscalingConfig
 
 log = logging.getLogger(__name__)
 
@@ -102,15 +108,47 @@ def replica_env(settings: RolloutSettings) -> dict[str, str]:
     return {**passed, "OMP_NUM_THREADS": str(settings.omp_threads)}
 
 
+class ReportsBacklog:
+    """What a replica tells Serve's autoscaler: Serve calls `record_autoscaling_stats` on each replica and hands the
+    numbers to the deployment's policy (`BacklogPolicy`)."""
+
+    streams: Streams
+    group: str
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        # The group as the consumer creates it, so a report that comes before the consumer has started still counts.
+        await self.streams.ensure_group(self.streams.rollout, self.group)
+        stats = await self.streams.stats(self.streams.rollout, self.group)
+        return {BACKLOG_METRIC: float(stats.lag + stats.pending)}
+
+
+def autoscaling_config(settings: RolloutSettings) -> AutoscalingConfig | None:
+    """Serve's AutoscalingConfig for `replicas`..`max_replicas` on the queue backlog; None: a fixed `replicas`."""
+    if settings.max_replicas is None:
+        return None
+    from ray.serve.config import AutoscalingConfig, AutoscalingPolicy
+
+    policy = AutoscalingPolicy(
+        policy_function=f"{BacklogPolicy.__module__}:{BacklogPolicy.__name__}",
+        policy_kwargs={"target_backlog_per_replica": settings.target_backlog_per_replica},
+    )
+    return AutoscalingConfig(min_replicas=settings.replicas, max_replicas=settings.max_replicas, policy=policy)
+
+
 def build_app(settings: RolloutSettings) -> Any:
     """The Serve application: replicas of one deployment, each an engine plus a queue consumer."""
     from ray import serve
 
     api = FastAPI(title="searchr1 rollout", version="0.1.0")
 
+    autoscaling = autoscaling_config(settings)
+    replicas: dict[str, Any] = (
+        {"num_replicas": settings.replicas} if autoscaling is None else {"autoscaling_config": autoscaling}
+    )
+
     @serve.deployment(
         name="rollout",
-        num_replicas=settings.replicas,
+        **replicas,
         ray_actor_options={
             "num_cpus": settings.replica_cpus,
             "num_gpus": settings.replica_gpus,
@@ -121,7 +159,7 @@ def build_app(settings: RolloutSettings) -> Any:
         health_check_timeout_s=60,
     )
     @serve.ingress(api)
-    class RolloutReplica:
+    class RolloutReplica(ReportsBacklog):
         async def __init__(self, settings_json: str) -> None:
             configure_logging()
             replica_settings = RolloutSettings.model_validate_json(settings_json)
@@ -129,6 +167,7 @@ def build_app(settings: RolloutSettings) -> Any:
             # Serve's proxy routes an HTTP /metrics to. With several replicas in one pod, the first one serves it.
             serve_metrics(replica_settings.metrics_host, replica_settings.metrics_port, "rollout replica")
             self.worker = RolloutWorker(replica_settings, await build_engine(replica_settings))
+            self.streams, self.group = self.worker.streams, replica_settings.group
             self.consumer_task = asyncio.create_task(self.worker.run())
 
         async def check_health(self) -> None:

@@ -55,6 +55,10 @@ class RolloutSettings(Settings):
     concurrency: int = Field(64, ge=1, description="requests in flight per replica")
     weights_wait_s: float = Field(600.0, gt=0, description="how long to wait for an announced weight version")
     replicas: int = Field(1, ge=1)
+    max_replicas: int | None = Field(None, ge=1, description="set: Serve scales from `replicas` to it on the queue")
+    target_backlog_per_replica: int = Field(
+        128, ge=1, description="rollout queue entries (waiting or in flight) one replica should carry"
+    )
     replica_cpus: float = Field(1.0, gt=0)
     replica_gpus: float = Field(0.0, ge=0)
     omp_threads: int = Field(2, ge=1, description="CPU threads of the engine (OMP_NUM_THREADS)")

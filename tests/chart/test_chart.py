@@ -407,6 +407,43 @@ def test_rollout_pods_get_settings_the_serve_app_reads(scenario: str, monkeypatc
 
 
 @pytest.mark.parametrize("scenario", ["defaults", *OVERLAYS])
+def test_rollout_scales_on_its_queue_with_the_policy_the_code_builds(scenario: str) -> None:
+    """The RayService's Serve config is one Serve accepts, and its autoscaling is BacklogPolicy with the chart's
+    target, bounds and delays: a config without the policy would get Serve's own, which counts HTTP requests and
+    never sees the queue the work arrives on."""
+    from ray.serve.config import AutoscalingConfig
+    from ray.serve.schema import ServeDeploySchema
+
+    from rollout.serve import autoscaling_config
+    from rollout.worker import RolloutSettings
+
+    values = chart().merge_values(SCENARIOS[scenario])["rollout"]
+    rayservice = one(scenario_docs(scenario), "RayService", f"{FULLNAME}-rollout")
+    serve_config = ServeDeploySchema.model_validate(yaml.safe_load(rayservice["spec"]["serveConfigV2"]))
+    (deployment,) = serve_config.applications[0].deployments
+    scaling = values["autoscaling"]
+    if not scaling["enabled"]:
+        assert deployment.num_replicas == values["replicas"]
+        return
+    assert deployment.num_replicas == "auto"
+    rendered = AutoscalingConfig(**deployment.autoscaling_config)
+    code = autoscaling_config(
+        RolloutSettings(
+            replicas=scaling["minReplicas"],
+            max_replicas=scaling["maxReplicas"],
+            target_backlog_per_replica=scaling["targetBacklogPerReplica"],
+        )
+    )
+    assert code is not None and rendered.policy == code.policy
+    assert (rendered.min_replicas, rendered.max_replicas, rendered.initial_replicas) == (
+        scaling["minReplicas"], scaling["maxReplicas"], scaling["initialReplicas"]
+    )  # fmt: skip
+    assert (rendered.upscale_delay_s, rendered.downscale_delay_s) == (
+        scaling["upscaleDelaySeconds"], scaling["downscaleDelaySeconds"]
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("scenario", ["defaults", *OVERLAYS])
 def test_learner_env_names_learner_settings(scenario: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from trainer.train import LearnerSettings
 

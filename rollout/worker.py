@@ -163,9 +163,13 @@ class RolloutWorker:
         is skipped (the next announcement, or a request that needs it, tries again)."""
         job_id, cursor = None, "0-0"
         while not self._stopping.is_set():
-            if self.job_id != job_id:  # a new job's weights: follow its stream from now on
-                job_id = self.job_id
-                cursor = await self.streams.last_entry_id(self.streams.job(job_id, "weights")) if job_id else "0-0"
+            if self.job_id != job_id:  # another job's weights: from its newest announcement on
+                job_id, cursor = self.job_id, "0-0"
+                if job_id is not None:
+                    newest = await self.streams.latest_entry(self.streams.job(job_id, "weights"), WeightsPublished)
+                    if newest is not None:
+                        cursor = newest.entry_id
+                        await self._load_if_newer(job_id, newest.message)
             if job_id is None:
                 await asyncio.sleep(block_ms / 1000)
                 continue
@@ -174,13 +178,13 @@ class RolloutWorker:
             )
             for entry in entries:
                 cursor = entry.entry_id
-                announced = entry.message
-                if announced is None or self.job_id != job_id:
-                    continue
-                async with self._weights_lock:
-                    if self.job_id == job_id and announced.version > self.engine.version:
-                        with contextlib.suppress(WeightsMismatch):
-                            await self._load(announced, switching=False)
+                await self._load_if_newer(job_id, entry.message)
+
+    async def _load_if_newer(self, job_id: str, announced: WeightsPublished | None) -> None:
+        async with self._weights_lock:
+            if announced is not None and self.job_id == job_id and announced.version > self.engine.version:
+                with contextlib.suppress(WeightsMismatch):
+                    await self._load(announced, switching=False)
 
     async def run(self) -> None:
         """Consume the rollout queue until `stop()` (drains in-flight episodes), following weights meanwhile."""

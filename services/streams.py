@@ -220,20 +220,20 @@ class Streams:
             await asyncio.sleep(0.05)
 
     # -- read without a group --------------------------------------------------------------------------------
+    async def latest_entry(self, stream: str, message_type: type[M]) -> Entry[M] | None:
+        """The newest entry of `stream` (None while it is empty): its id is a cursor for `entries` that skips the
+        past; `message` is None, with its `error`, where it cannot be decoded."""
+        rows = await self.redis.xrevrange(stream, count=1)
+        return self._decode(stream, *rows[0], message_type, 1) if rows else None
+
     async def latest(self, stream: str, message_type: type[M]) -> M | None:
         """The newest message of `stream` (None while it is empty); ContractError if it cannot be decoded."""
-        rows = await self.redis.xrevrange(stream, count=1)
-        if not rows:
+        entry = await self.latest_entry(stream, message_type)
+        if entry is None:
             return None
-        entry = self._decode(stream, *rows[0], message_type, 1)
         if entry.message is None:
             raise ContractError(entry.error or f"entry {entry.entry_id} of {stream} cannot be decoded")
         return entry.message
-
-    async def last_entry_id(self, stream: str) -> str:
-        """The id of the newest entry ("0-0" while the stream is empty): a cursor for `entries` that skips the past."""
-        rows = await self.redis.xrevrange(stream, count=1)
-        return rows[0][0].decode() if rows else "0-0"
 
     async def entries(
         self, stream: str, message_type: type[M], after: str = "0-0", block_ms: int | None = None, count: int = 500

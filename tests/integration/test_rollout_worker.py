@@ -4,8 +4,9 @@ real Redis: requests in, trajectories out; weights announced by a job are loaded
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,34 +40,34 @@ def request(engine: HFEngine, job: str, version: int, n: int = 2) -> RolloutRequ
     )  # fmt: skip
 
 
+@contextlib.asynccontextmanager
+async def serving(
+    settings: Settings, engine: HFEngine, retriever_url: str, concurrency: int
+) -> AsyncIterator[tuple[RolloutWorker, Streams]]:
+    """A rollout worker consuming the queue on `engine`, stopped and closed on exit; a `reward` group to read."""
+    worker = RolloutWorker(
+        RolloutSettings(**settings.model_dump(), engine="hf", retriever_url=retriever_url, concurrency=concurrency),
+        engine,
+    )
+    streams = Streams(connect(settings), settings)
+    await streams.ensure_group(streams.reward, "reward")
+    task = asyncio.create_task(worker.run())
+    try:
+        yield worker, streams
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 60)
+        await worker.close()
+
+
 def test_requests_become_trajectories_and_new_versions_are_loaded_first(
     engine: HFEngine, settings: Settings, tmp_path: Path
 ) -> None:
     async def scenario() -> tuple[list[Trajectory], int, list[str]]:
         with fake_retriever(DOCS) as retriever:
-            rollout_settings = RolloutSettings(
-                **settings.model_dump(), engine="hf", retriever_url=retriever["url"], concurrency=4
-            )
-            worker = RolloutWorker(rollout_settings, engine)
-            streams = Streams(connect(settings), settings)
-            await streams.ensure_group(streams.reward, "reward")
-            task = asyncio.create_task(worker.run())
-            await streams.publish(streams.rollout, request(engine, "job-a", version=0, n=3))
-            # The learner announces v1 before asking for it; the worker must load it before sampling.
-            announced = save_version(engine.model, engine.tokenizer, tmp_path, "job-a", 1, step=1)
-            await streams.publish(streams.job("job-a", "weights"), announced)
-            await streams.publish(streams.rollout, request(engine, "job-a", version=1, n=2))
-            trajectories: list[Trajectory] = []
-            for _ in range(600):
-                entries = await streams.read(streams.reward, "reward", "test", Trajectory, count=10, block_ms=100)
-                trajectories += [e.message for e in entries]
-                if len(trajectories) >= 5:
-                    break
-            worker.stop()
-            await asyncio.wait_for(task, 60)
-            version = worker.engine.version
-            await worker.close()
-            return trajectories, version, [r["queries"] for r in retriever["requests"]]
+            async with serving(settings, engine, retriever["url"], concurrency=4) as (worker, streams):
+                trajectories = await first_job_run(worker, streams, tmp_path)
+            return trajectories, worker.engine.version, [r["queries"] for r in retriever["requests"]]
 
     trajectories, engine_version, _ = asyncio.run(scenario())
     assert len(trajectories) == 5
@@ -81,6 +82,24 @@ def test_requests_become_trajectories_and_new_versions_are_loaded_first(
         assert trajectory.response_text == engine.tokenizer.decode(trajectory.response_ids.tolist())
 
 
+async def first_job_run(worker: RolloutWorker, streams: Streams, tmp_path: Path) -> list[Trajectory]:
+    """Three samples at version 0, then v1 announced and two samples asked at version 1."""
+    engine = worker.engine
+    assert isinstance(engine, HFEngine)
+    await streams.publish(streams.rollout, request(engine, "job-a", version=0, n=3))
+    # The learner announces v1 before asking for it; the worker must load it before sampling.
+    announced = save_version(engine.model, engine.tokenizer, tmp_path, "job-a", 1, step=1)
+    await streams.publish(streams.job("job-a", "weights"), announced)
+    await streams.publish(streams.rollout, request(engine, "job-a", version=1, n=2))
+    trajectories: list[Trajectory] = []
+    for _ in range(600):
+        entries = await streams.read(streams.reward, "reward", "test", Trajectory, count=10, block_ms=100)
+        trajectories += [e.message for e in entries]
+        if len(trajectories) >= 5:
+            break
+    return trajectories
+
+
 def test_announced_versions_are_loaded_at_once_and_a_corrupted_one_is_refused_and_reported(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -90,32 +109,8 @@ def test_announced_versions_are_loaded_at_once_and_a_corrupted_one_is_refused_an
 
     async def scenario() -> tuple[list[int], list[JobEvent]]:
         with fake_retriever(DOCS) as retriever:
-            rollout_settings = RolloutSettings(
-                **settings.model_dump(), engine="hf", retriever_url=retriever["url"], concurrency=2
-            )
-            worker = RolloutWorker(rollout_settings, engine)
-            streams = Streams(connect(settings), settings)
-            await streams.ensure_group(streams.reward, "reward")
-            task = asyncio.create_task(worker.run())
-            await streams.publish(streams.rollout, request(engine, "job-p", version=0, n=1))  # the job's first
-            await streams.read(streams.reward, "reward", "test", Trajectory, count=1, block_ms=60_000)
-            versions = [worker.engine.version]
-            weights = streams.job("job-p", "weights")
-            await streams.publish(weights, save_version(engine.model, engine.tokenizer, tmp_path, "job-p", 1, step=1))
-            versions.append(await version_after(worker, lambda v: v == 1))
-            corrupted = save_version(engine.model, engine.tokenizer, tmp_path, "job-p", 2, step=2)
-            with (weights_folder(corrupted.uri) / "model.safetensors").open("r+b") as handle:
-                handle.seek(-8, 2)
-                handle.write(b"\x00" * 8)
-            await streams.publish(weights, corrupted)
-            while REFUSED.labels("job-p")._value.get() < 1:
-                await asyncio.sleep(0.05)
-            versions.append(worker.engine.version)
-            found = [e.message for e in await streams.entries(streams.job("job-p", "events"), JobEvent)]
-            worker.stop()
-            await asyncio.wait_for(task, 60)
-            await worker.close()
-            return versions, [e for e in found if e is not None]
+            async with serving(settings, engine, retriever["url"], concurrency=2) as (worker, streams):
+                return await pushed_and_refused(worker, streams, tmp_path)
 
     loads_before = WEIGHT_LOADS.labels("job-p")._value.get()
     versions, events = asyncio.run(asyncio.wait_for(scenario(), 120))
@@ -123,6 +118,31 @@ def test_announced_versions_are_loaded_at_once_and_a_corrupted_one_is_refused_an
     assert WEIGHT_LOADS.labels("job-p")._value.get() - loads_before == 1
     [report] = [e for e in events if e.event == "log"]
     assert "refused weights v2" in report.message and "do not match their checksum" in report.message
+
+
+async def pushed_and_refused(
+    worker: RolloutWorker, streams: Streams, tmp_path: Path
+) -> tuple[list[int], list[JobEvent]]:
+    """The engine's version after the job's first request, after v1's announcement, after a corrupted v2's; and
+    the job's events."""
+    engine = worker.engine
+    assert isinstance(engine, HFEngine)
+    await streams.publish(streams.rollout, request(engine, "job-p", version=0, n=1))  # the job's first
+    await streams.read(streams.reward, "reward", "test", Trajectory, count=1, block_ms=60_000)
+    versions = [worker.engine.version]
+    weights = streams.job("job-p", "weights")
+    await streams.publish(weights, save_version(engine.model, engine.tokenizer, tmp_path, "job-p", 1, step=1))
+    versions.append(await version_after(worker, lambda v: v == 1))
+    corrupted = save_version(engine.model, engine.tokenizer, tmp_path, "job-p", 2, step=2)
+    with (weights_folder(corrupted.uri) / "model.safetensors").open("r+b") as handle:
+        handle.seek(-8, 2)
+        handle.write(b"\x00" * 8)
+    await streams.publish(weights, corrupted)
+    while REFUSED.labels("job-p")._value.get() < 1:
+        await asyncio.sleep(0.05)
+    versions.append(worker.engine.version)
+    found = [e.message for e in await streams.entries(streams.job("job-p", "events"), JobEvent)]
+    return versions, [e for e in found if e is not None]
 
 
 async def version_after(worker: RolloutWorker, done: Callable[[int], bool], timeout_s: float = 30.0) -> int:

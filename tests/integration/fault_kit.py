@@ -46,8 +46,11 @@ ROOT = Path(__file__).resolve().parents[2]
 STEPS = 3  # the soak's job (run_job)
 TRAJECTORIES = 4  # prompts_per_step 2 x group_size 2
 JOB_TIMEOUT_S = 300
-# The gauntlet's job trains a step per fault and these besides: a fault that does not hold the job up (the API's,
-# the link's) may see it train a step or two more before its window closes, and the last fault needs a step after it.
+# The gauntlet's job trains this many steps per fault, and SPARE_STEPS besides: the tiny model's steps take a fifth
+# of a second once the replica loads each version as it is announced, so between one fault's window closing and the
+# next fault (a fault that does not hold the job up, the API's or the link's, and the 0.5 s polling) the job may
+# train several; the last fault needs a step after it.
+STEPS_PER_FAULT = 6
 SPARE_STEPS = 3
 WINDOW_S = 180  # a fault not seen through in this long fails (the rollout replica's takes about 60 s: vLLM reloads)
 ENDED = ("SUCCEEDED", "FAILED", "CANCELLED")
@@ -328,8 +331,9 @@ class Gauntlet:
 
 
 def run_gauntlet(platform: FaultPlatform, names: Sequence[str]) -> Gauntlet:
-    """One job of a step per fault (and SPARE_STEPS), the faults injected one after another; then its end."""
-    total_steps = len(names) + SPARE_STEPS
+    """One job of STEPS_PER_FAULT steps per fault (and SPARE_STEPS), the faults injected one after another; then
+    its end."""
+    total_steps = len(names) * STEPS_PER_FAULT + SPARE_STEPS
     job_id = submit(platform, total_steps)
     client = JobsClient(platform.api_url)
     wait_until(lambda: client.get(job_id)["step"] >= 1, JOB_TIMEOUT_S, "the job's first step", interval_s=0.5)
